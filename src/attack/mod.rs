@@ -1,0 +1,144 @@
+//! The [`Attack`] trait, its result [`Adversarial`], and the attacks.
+//!
+//! Every attack checks its parameters and inputs before any compute, works on the caller's
+//! device, and returns points inside its budget and the pixel box.
+
+mod fgsm;
+mod pgd;
+
+pub use fgsm::Fgsm;
+pub use pgd::Pgd;
+
+use candle_core::Tensor;
+
+use crate::budget::Budget;
+use crate::error::{Error, Result};
+use crate::goal::{Goal, Resolved};
+use crate::gradcheck::GradientCheck;
+use crate::loss::Loss;
+use crate::model::{checked_logits, predictions, Classifier};
+
+/// Default fraction of coordinates an L1 step leaves alone (SLIDE's 99th percentile).
+pub const DEFAULT_L1_SPARSITY: f32 = 0.99;
+
+/// An adversarial attack with a fixed perturbation budget.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use perturb::{Attack, Budget, Fgsm, Goal};
+/// let model = |x: &Tensor| x.flatten_from(1); // logits = the two pixels
+/// let x = Tensor::new(&[[[[0.2f32, 0.6]]]], &Device::Cpu)?;
+/// let y = Tensor::new(&[1u32], &Device::Cpu)?;
+/// let attack: &dyn Attack = &Fgsm::new(Budget::linf(0.3)?);
+/// let adv = attack.run(&model, &x, &Goal::untargeted(&y))?;
+/// assert_eq!(adv.success, [true]); // 0.5 > 0.3: class 0 wins
+/// # Ok::<(), perturb::Error>(())
+/// ```
+pub trait Attack: Send + Sync {
+    /// Attack the batch `x` (`[N, C, H, W]`, `f32`, inside the budget's box) toward `goal`.
+    ///
+    /// # Errors
+    /// Invalid parameters or inputs (before any compute), a model whose output is not `[N, K]`,
+    /// a gradient that fails the self-check (when enabled), or a candle failure.
+    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial>;
+
+    /// The attack's short name (`fgsm`, `pgd`, …).
+    fn name(&self) -> &'static str;
+
+    /// The perturbation budget the attack respects.
+    fn budget(&self) -> &Budget;
+}
+
+/// The outcome of an attack on a batch.
+#[derive(Debug, Clone)]
+pub struct Adversarial {
+    /// Adversarial inputs, same shape and device as the clean batch; always inside the budget and
+    /// the pixel box.
+    pub x_adv: Tensor,
+    /// Per sample: the goal holds for the model's prediction on `x_adv`.
+    pub success: Vec<bool>,
+    /// Per sample: the model's predicted class on `x_adv`.
+    pub predictions: Vec<u32>,
+    /// Per sample: `‖x_adv − x‖` in the budget's norm.
+    pub norms: Vec<f32>,
+    /// Forward+backward passes spent, counted per sample (a batch of 8 costs 8); forward-only
+    /// passes (success checks) are not counted.
+    pub gradient_evals: usize,
+}
+
+impl Adversarial {
+    /// Fraction of samples for which the attack succeeded.
+    pub fn success_rate(&self) -> f64 {
+        if self.success.is_empty() {
+            return 0.0;
+        }
+        self.success.iter().filter(|s| **s).count() as f64 / self.success.len() as f64
+    }
+}
+
+/// Checked inputs of an attack run.
+pub(crate) struct Prepared {
+    pub goal: Resolved,
+    /// Logits of the clean batch.
+    pub clean_logits: Tensor,
+}
+
+/// Check inputs and goal, and optionally the model's gradient, before an attack computes.
+pub(crate) fn prepare(
+    model: &dyn Classifier,
+    x: &Tensor,
+    goal: &Goal,
+    budget: &Budget,
+    loss: Loss,
+    check_gradient: bool,
+) -> Result<Prepared> {
+    loss.check()?;
+    budget.check_input(x)?;
+    let clean_logits = checked_logits(model, x)?;
+    let (n, classes) = clean_logits.dims2()?;
+    loss.check_classes(classes, goal.is_targeted())?;
+    let goal = goal.resolve(n, classes, x.device())?;
+    if check_gradient {
+        let probe = x.narrow(0, 0, n.min(2))?;
+        GradientCheck::new().run(model, &probe)?.into_result()?;
+    }
+    Ok(Prepared { goal, clean_logits })
+}
+
+/// Judge the final adversarial batch and measure it.
+pub(crate) fn finish(
+    model: &dyn Classifier,
+    budget: &Budget,
+    x: &Tensor,
+    x_adv: Tensor,
+    goal: &Resolved,
+    gradient_evals: usize,
+) -> Result<Adversarial> {
+    let predictions = predictions(&checked_logits(model, &x_adv)?)?;
+    let success = predictions
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| goal.reached(i, p))
+        .collect();
+    let norms = budget.distances(&x_adv, x)?;
+    Ok(Adversarial {
+        x_adv,
+        success,
+        predictions,
+        norms,
+        gradient_evals,
+    })
+}
+
+/// Error unless `value` is positive and finite.
+pub(crate) fn check_positive(name: &'static str, value: f32) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason: "must be positive and finite",
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! BIM / PGD: iterated steepest-ascent steps, each projected back onto ε-ball ∩ box.
+
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, SeedableRng};
+
+use super::{check_positive, finish, prepare, Adversarial, Attack, DEFAULT_L1_SPARSITY};
+use crate::budget::{check_sparsity, Budget};
+use crate::error::{Error, Result};
+use crate::goal::{Goal, Resolved};
+use crate::loss::Loss;
+use crate::model::{checked_logits, loss_and_grad_resolved, predictions, Classifier};
+
+/// Projected Gradient Descent (Madry et al. 2018, arXiv:1706.06083); without random start it is
+/// the Basic Iterative Method (Kurakin et al. 2017, arXiv:1607.02533).
+///
+/// - **Step**: `x ← Π(x + α·d(∇ₓL))` for `steps` steps, `d` the budget's steepest-ascent
+///   direction (sign for L∞, normalized gradient for L2, sparse SLIDE step for L1), `Π` the exact
+///   projection onto ε-ball ∩ box. Starts at a uniform point of the ball (`random_start`, default
+///   on) or at `x` (BIM).
+/// - **Distance**: the budget's norm (L∞, L2, L1).
+/// - **Arguments** (defaults): `steps` 10, `step_size` α = 2.5·ε/steps, `random_start` true,
+///   `restarts` 1, `early_stop` false, `seed` 0, `loss` cross-entropy, `check_gradient` true,
+///   `l1_sparsity` 0.99.
+/// - **Restarts**: restart r > 0 attacks only the samples no earlier run fooled, and a sample
+///   keeps the best result over runs (success first, then the higher loss); restart 0 is the
+///   single run with the same seed.
+/// - **Early stop**: a sample stops as soon as its goal holds and leaves the batch; a sample
+///   that already satisfies the goal at the clean input costs no gradient and is returned as is.
+/// - **Inputs**: `[N, C, H, W]` `f32` in the budget's box; labels or targets `[N]`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use perturb::{Attack, Budget, Goal, Pgd};
+/// let model = |x: &Tensor| x.flatten_from(1);
+/// let x = Tensor::new(&[[[[0.2f32, 0.6]]]], &Device::Cpu)?;
+/// let y = Tensor::new(&[1u32], &Device::Cpu)?;
+/// let pgd = Pgd::new(Budget::linf(0.3)?).steps(20).step_size(0.05).seed(7);
+/// let adv = pgd.run(&model, &x, &Goal::untargeted(&y))?;
+/// assert_eq!(adv.success, [true]);
+/// assert!(adv.norms[0] <= 0.3 + 1e-6);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pgd {
+    budget: Budget,
+    loss: Loss,
+    steps: usize,
+    step_size: Option<f32>,
+    random_start: bool,
+    restarts: usize,
+    early_stop: bool,
+    seed: u64,
+    l1_sparsity: f32,
+    check_gradient: bool,
+}
+
+impl Pgd {
+    /// PGD within `budget` with random start.
+    pub fn new(budget: Budget) -> Self {
+        Self {
+            budget,
+            loss: Loss::CrossEntropy,
+            steps: 10,
+            step_size: None,
+            random_start: true,
+            restarts: 1,
+            early_stop: false,
+            seed: 0,
+            l1_sparsity: DEFAULT_L1_SPARSITY,
+            check_gradient: true,
+        }
+    }
+
+    /// BIM: PGD without random start.
+    pub fn bim(budget: Budget) -> Self {
+        Self::new(budget).random_start(false)
+    }
+
+    /// Number of steps per run, ≥ 1; default 10.
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// Step length α in the budget's norm; default 2.5·ε/steps.
+    pub fn step_size(mut self, alpha: f32) -> Self {
+        self.step_size = Some(alpha);
+        self
+    }
+
+    /// Start from a uniform random point of the ε-ball; default `true`.
+    pub fn random_start(mut self, on: bool) -> Self {
+        self.random_start = on;
+        self
+    }
+
+    /// Number of runs, ≥ 1; default 1.
+    pub fn restarts(mut self, restarts: usize) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
+    /// Stop each sample as soon as its goal holds; default `false` (classic PGD runs all steps).
+    pub fn early_stop(mut self, on: bool) -> Self {
+        self.early_stop = on;
+        self
+    }
+
+    /// Seed of the random starts; default 0.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The loss to ascend; default [`Loss::CrossEntropy`].
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.loss = loss;
+        self
+    }
+
+    /// Run the [gradient self-check](crate::GradientCheck) before attacking; default `true`.
+    pub fn check_gradient(mut self, on: bool) -> Self {
+        self.check_gradient = on;
+        self
+    }
+
+    /// For L1 budgets, the fraction of coordinates a step leaves alone; default 0.99.
+    pub fn l1_sparsity(mut self, sparsity: f32) -> Self {
+        self.l1_sparsity = sparsity;
+        self
+    }
+
+    /// The step length α in use.
+    pub fn alpha(&self) -> f32 {
+        self.step_size
+            .unwrap_or(2.5 * self.budget.eps() / self.steps.max(1) as f32)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::InvalidParameter {
+                name: "steps",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        if self.restarts == 0 {
+            return Err(Error::InvalidParameter {
+                name: "restarts",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        check_positive("step_size", self.alpha())?;
+        check_sparsity(self.l1_sparsity)?;
+        self.loss.check()
+    }
+
+    /// One run from a (random) start on the samples `rows` of `x`.
+    fn single_run(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        goal: &Resolved,
+        rows: &[u32],
+        rng: &mut StdRng,
+        evals: &mut usize,
+    ) -> Result<RunResult> {
+        let (x0, goal) = select_rows(x, goal, rows)?;
+        let m = rows.len();
+        let mut cur = if self.random_start {
+            self.budget.random_start(&x0, rng)?
+        } else {
+            x0.clone()
+        };
+        let mut active: Vec<u32> = (0..m as u32).collect();
+        if self.early_stop && self.random_start {
+            let preds = predictions(&checked_logits(model, &cur)?)?;
+            active.retain(|&i| !goal.reached(i as usize, preds[i as usize]));
+        }
+        let alpha = f64::from(self.alpha());
+        for _ in 0..self.steps {
+            if active.is_empty() {
+                break;
+            }
+            let (sub, sub_goal) = select_rows(&cur, &goal, &active)?;
+            let x_sub = select_rows(&x0, &goal, &active)?.0;
+            let lg = loss_and_grad_resolved(model, &sub, &sub_goal, self.loss)?;
+            *evals += active.len();
+            // Samples whose current point already reaches the goal stop here, unchanged.
+            let keep: Vec<u32> = if self.early_stop {
+                let preds = predictions(&lg.logits)?;
+                (0..active.len() as u32)
+                    .filter(|&j| !sub_goal.reached(j as usize, preds[j as usize]))
+                    .collect()
+            } else {
+                (0..active.len() as u32).collect()
+            };
+            let dir = self.budget.ascent_direction(&lg.grad, &sub, self.l1_sparsity)?;
+            let moved = self.budget.project(&(&sub + dir.affine(alpha, 0.0)?)?, &x_sub)?;
+            let targets: Vec<u32> = keep.iter().map(|&j| active[j as usize]).collect();
+            cur = scatter_rows(&cur, &targets, &take_rows(&moved, &keep)?)?;
+            active = targets;
+        }
+        let logits = checked_logits(model, &cur)?;
+        let preds = predictions(&logits)?;
+        let loss = self
+            .loss
+            .objective(&logits, &goal.tensor, goal.targeted)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let success = (0..m).map(|i| goal.reached(i, preds[i])).collect();
+        Ok(RunResult {
+            x_adv: cur,
+            success,
+            loss,
+        })
+    }
+}
+
+struct RunResult {
+    x_adv: Tensor,
+    success: Vec<bool>,
+    loss: Vec<f32>,
+}
+
+impl Attack for Pgd {
+    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
+        self.check()?;
+        let prep = prepare(model, x, goal, &self.budget, self.loss, self.check_gradient)?;
+        let n = x.dim(0)?;
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut best_x = x.clone();
+        let mut best_success = vec![false; n];
+        if self.early_stop {
+            let clean = predictions(&prep.clean_logits)?;
+            best_success = (0..n).map(|i| prep.goal.reached(i, clean[i])).collect();
+        }
+        let mut best_loss = vec![f32::NEG_INFINITY; n];
+        let mut evals = 0;
+        for restart in 0..self.restarts {
+            let rows: Vec<u32> = (0..n as u32).filter(|&i| !best_success[i as usize]).collect();
+            if rows.is_empty() {
+                break;
+            }
+            let run = self.single_run(model, x, &prep.goal, &rows, &mut rng, &mut evals)?;
+            let mut taken = Vec::new();
+            for (j, &i) in rows.iter().enumerate() {
+                let i = i as usize;
+                if restart == 0 || run.success[j] || run.loss[j] > best_loss[i] {
+                    best_success[i] = run.success[j];
+                    best_loss[i] = run.loss[j];
+                    taken.push(j as u32);
+                }
+            }
+            let targets: Vec<u32> = taken.iter().map(|&j| rows[j as usize]).collect();
+            best_x = scatter_rows(&best_x, &targets, &take_rows(&run.x_adv, &taken)?)?;
+        }
+        finish(model, &self.budget, x, best_x, &prep.goal, evals)
+    }
+
+    fn name(&self) -> &'static str {
+        "pgd"
+    }
+
+    fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+/// Rows `rows` of `t` (no copy when `rows` is all of them, in order).
+fn take_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    if is_identity(rows, t.dim(0)?) {
+        return Ok(t.clone());
+    }
+    let idx = Tensor::from_slice(rows, rows.len(), t.device())?;
+    Ok(t.index_select(&idx, 0)?)
+}
+
+/// Rows `rows` of a batch and of its goal.
+fn select_rows(t: &Tensor, goal: &Resolved, rows: &[u32]) -> Result<(Tensor, Resolved)> {
+    if is_identity(rows, t.dim(0)?) {
+        return Ok((t.clone(), goal.clone()));
+    }
+    let idx = Tensor::from_slice(rows, rows.len(), t.device())?;
+    Ok((t.index_select(&idx, 0)?, goal.select(rows, &idx)?))
+}
+
+/// `base` with rows `rows` replaced by the rows of `values`, bit for bit.
+fn scatter_rows(base: &Tensor, rows: &[u32], values: &Tensor) -> Result<Tensor> {
+    let n = base.dim(0)?;
+    if is_identity(rows, n) {
+        return Ok(values.clone());
+    }
+    if rows.is_empty() {
+        return Ok(base.clone());
+    }
+    let idx = Tensor::from_slice(rows, rows.len(), base.device())?;
+    let placed = base.zeros_like()?.index_add(&idx, values, 0)?;
+    let mut mask = vec![0u8; n];
+    for &r in rows {
+        mask[r as usize] = 1;
+    }
+    let mut mask_shape = vec![1; base.rank()];
+    mask_shape[0] = n;
+    let mask = Tensor::from_vec(mask, mask_shape, base.device())?.broadcast_as(base.shape())?;
+    Ok(mask.where_cond(&placed, base)?)
+}
+
+fn is_identity(rows: &[u32], n: usize) -> bool {
+    rows.len() == n && rows.iter().enumerate().all(|(i, &r)| r as usize == i)
+}

@@ -1,0 +1,132 @@
+//! The crate's one error type.
+//!
+//! Variants are named for what the caller did wrong, so that a caller can match on them; candle's
+//! own failures are wrapped in [`Error::Candle`]. Messages are lowercase without a final period.
+
+use candle_core::DType;
+
+/// Everything that can go wrong in perturb.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tensor has the wrong number of dimensions or the wrong size along one of them.
+    #[error("{what}: expected shape {expected}, got {got:?}")]
+    ShapeMismatch {
+        /// Which argument was wrong (`"input"`, `"labels"`, …).
+        what: &'static str,
+        /// The expected shape, in words (`"[N, C, H, W]"`, `"[4]"`).
+        expected: String,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// A tensor has the wrong element type.
+    #[error("{what}: expected dtype {expected}, got {got:?}")]
+    DTypeMismatch {
+        /// Which argument was wrong.
+        what: &'static str,
+        /// The accepted dtype(s), in words.
+        expected: &'static str,
+        /// The dtype that was passed.
+        got: DType,
+    },
+    /// A tensor holds NaN or an infinity.
+    #[error("{what}: contains NaN or infinite values")]
+    NonFinite {
+        /// Which argument was wrong.
+        what: &'static str,
+    },
+    /// Input pixels fall outside the budget's pixel box.
+    #[error("pixels must lie in [{lo}, {hi}], found values in [{min}, {max}]")]
+    PixelsOutOfRange {
+        /// Smallest pixel value found.
+        min: f32,
+        /// Largest pixel value found.
+        max: f32,
+        /// Lower edge of the allowed box.
+        lo: f32,
+        /// Upper edge of the allowed box.
+        hi: f32,
+    },
+    /// A label or target names a class the model does not have.
+    #[error("{what}[{index}] = {class} is out of range for a model with {classes} classes")]
+    LabelOutOfRange {
+        /// `"labels"` or `"targets"`.
+        what: &'static str,
+        /// Sample index.
+        index: usize,
+        /// The offending class index.
+        class: i64,
+        /// Number of classes of the model.
+        classes: usize,
+    },
+    /// A targeted goal asks for the class the sample already has as its label.
+    #[error("target[{index}] = {class} equals the sample's label")]
+    TargetEqualsLabel {
+        /// Sample index.
+        index: usize,
+        /// The class that is both label and target.
+        class: u32,
+    },
+    /// ε is zero, negative or not finite.
+    #[error("eps must be positive and finite, got {0}")]
+    InvalidEpsilon(f32),
+    /// The pixel box is empty or not finite.
+    #[error("pixel bounds must be finite with lo < hi, got [{lo}, {hi}]")]
+    InvalidBounds {
+        /// Lower edge.
+        lo: f32,
+        /// Upper edge.
+        hi: f32,
+    },
+    /// An attack or loss parameter is out of its valid range.
+    #[error("invalid parameter {name} = {value}: {reason}")]
+    InvalidParameter {
+        /// Parameter name as in the builder (`"steps"`, `"step_size"`, …).
+        name: &'static str,
+        /// The value that was given.
+        value: String,
+        /// What the valid range is.
+        reason: &'static str,
+    },
+    /// The model's output is not logits of shape `[N, K]` for a batch of N inputs.
+    #[error("model output must be logits of shape [{batch}, K] with K >= 2, got {got:?}")]
+    ModelOutput {
+        /// Batch size of the input.
+        batch: usize,
+        /// Shape the model returned.
+        got: Vec<usize>,
+    },
+    /// A loss needs more classes than the model has.
+    #[error("loss {loss} needs at least {needed} classes, the model has {got}")]
+    TooFewClasses {
+        /// Loss name.
+        loss: &'static str,
+        /// Classes required.
+        needed: usize,
+        /// Classes of the model.
+        got: usize,
+    },
+    /// Autograd returned no gradient for the input: the input is not connected to the logits,
+    /// usually because a layer without a backward pass sits on the path.
+    #[error("no gradient reached the input: a layer on the path has no backward pass")]
+    GradientMissing,
+    /// The gradient self-check found autograd disagreeing with finite differences.
+    #[error(
+        "input gradient disagrees with finite differences: directional derivative {autograd} \
+         (autograd) vs {finite_difference} (finite difference), relative error {relative_error}"
+    )]
+    GradientMismatch {
+        /// Autograd's directional derivative along the worst direction.
+        autograd: f64,
+        /// The finite-difference estimate along the same direction.
+        finite_difference: f64,
+        /// Relative error between the two.
+        relative_error: f64,
+    },
+    /// A failure inside candle (device, kernel, allocation).
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// `Result` with perturb's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

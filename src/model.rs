@@ -1,0 +1,210 @@
+//! What an attack sees of a model: a [`Classifier`] mapping pixels to logits, and the one place
+//! where the loss gradient with respect to the input is computed ([`loss_and_grad`]).
+//!
+//! Every `candle_core::Module` is a `Classifier`. Models with train/eval behaviour (batch norm,
+//! dropout) go through [`Eval`], which calls `forward_t(x, false)`. Models trained on normalized
+//! inputs go through [`Normalized`], so that attacks keep working in pixel space `[0, 1]`.
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::goal::{Goal, Resolved};
+use crate::loss::Loss;
+use crate::validate::check_batch;
+
+/// A model that maps a batch `[N, C, H, W]` of `f32` pixels to logits `[N, K]`.
+///
+/// Implemented for every `candle_core::Module`; wrap `ModuleT` models in [`Eval`].
+pub trait Classifier {
+    /// The logits for a batch of inputs.
+    ///
+    /// # Errors
+    /// Whatever the model's forward pass returns.
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+impl<M: Module> Classifier for M {
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(x)
+    }
+}
+
+/// Runs a `ModuleT` (batch norm, dropout) in evaluation mode: `forward_t(x, false)`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{batch_norm, VarBuilder};
+/// use perturb::{Classifier, Eval};
+/// let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let bn = Eval(batch_norm(3, 1e-5, vb)?);
+/// let y = bn.logits(&Tensor::ones((1, 3, 2, 2), DType::F32, &Device::Cpu)?)?;
+/// assert_eq!(y.dims(), &[1, 3, 2, 2]);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Eval<M>(pub M);
+
+impl<M: ModuleT> Classifier for Eval<M> {
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_t(x, false)
+    }
+}
+
+/// A classifier preceded by per-channel normalization `(x - mean) / std`, so that attacks, budgets
+/// and ε stay in pixel space while the model sees the inputs it was trained on.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use perturb::{Classifier, Normalized};
+/// let flatten = |x: &Tensor| x.flatten_from(1);
+/// let model = Normalized::new(flatten, &[0.5], &[0.25], &Device::Cpu)?;
+/// let x = Tensor::new(&[[[[1.0f32, 0.5]]]], &Device::Cpu)?;
+/// assert_eq!(model.logits(&x)?.to_vec2::<f32>()?, [[2.0, 0.0]]);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Normalized<C> {
+    inner: C,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl<C: Classifier> Normalized<C> {
+    /// Wrap `inner` with per-channel `mean` and `std` (one entry per channel).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] when the lengths differ, are zero, or a std is not positive
+    /// and finite.
+    pub fn new(inner: C, mean: &[f32], std: &[f32], device: &Device) -> Result<Self> {
+        if mean.is_empty() || mean.len() != std.len() {
+            return Err(Error::InvalidParameter {
+                name: "std",
+                value: format!("{} entries for {} means", std.len(), mean.len()),
+                reason: "mean and std need one entry per channel each",
+            });
+        }
+        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::InvalidParameter {
+                name: "std",
+                value: s.to_string(),
+                reason: "must be positive and finite",
+            });
+        }
+        if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name: "mean",
+                value: m.to_string(),
+                reason: "must be finite",
+            });
+        }
+        let c = mean.len();
+        Ok(Self {
+            inner,
+            mean: Tensor::from_slice(mean, (1, c, 1, 1), device)?,
+            std: Tensor::from_slice(std, (1, c, 1, 1), device)?,
+        })
+    }
+
+    /// The wrapped classifier.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+}
+
+impl<C: Classifier> Classifier for Normalized<C> {
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let z = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        self.inner.logits(&z)
+    }
+}
+
+/// Logits of `model` on `x`, checked to be `[N, K]` with `K >= 2`, as `f32`.
+pub(crate) fn checked_logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
+    let logits = model.logits(x)?;
+    let n = x.dim(0)?;
+    let dims = logits.dims();
+    if dims.len() != 2 || dims[0] != n || dims[1] < 2 || !logits.dtype().is_float() {
+        return Err(Error::ModelOutput {
+            batch: n,
+            got: dims.to_vec(),
+        });
+    }
+    Ok(logits.to_dtype(DType::F32)?)
+}
+
+/// Predicted class (argmax of the logits) per sample.
+pub(crate) fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(1)?.to_vec1::<u32>()?)
+}
+
+/// Loss, its input gradient, and the logits it was computed from, for one batch.
+#[derive(Debug, Clone)]
+pub struct LossGrad {
+    /// The attack objective per sample, `[N]` (larger is better for the attacker).
+    pub loss: Tensor,
+    /// d(loss)/d(input) per sample, the shape of the input.
+    pub grad: Tensor,
+    /// The logits at the input, `[N, K]`.
+    pub logits: Tensor,
+}
+
+/// The attack objective per sample and its gradient with respect to the input.
+///
+/// The objective is `loss` oriented for the goal: the loss of the label for an untargeted goal,
+/// the negated loss of the target for a targeted one, so an attack always ascends it. Samples are
+/// independent: the batch objective is the sum, and each sample's gradient is its own. The model's
+/// weights are constants here.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use perturb::{loss_and_grad, Goal, Loss};
+/// // A "model" whose logits are the two pixels themselves.
+/// let model = |x: &Tensor| x.flatten_from(1);
+/// let x = Tensor::new(&[[[[0.2f32, 0.7]]]], &Device::Cpu)?;
+/// let y = Tensor::new(&[1u32], &Device::Cpu)?;
+/// let out = loss_and_grad(&model, &x, &Goal::untargeted(&y), Loss::CrossEntropy)?;
+/// // d CE / d logits = softmax - onehot: the gradient pushes pixel 0 up and pixel 1 down.
+/// let g = out.grad.flatten_all()?.to_vec1::<f32>()?;
+/// assert!(g[0] > 0.0 && g[1] < 0.0 && (g[0] + g[1]).abs() < 1e-6);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+///
+/// # Errors
+/// Bad input (shape, dtype, NaN or infinity), a goal that does not fit the batch or
+/// the model, a model whose output is not `[N, K]`, or [`Error::GradientMissing`] when no
+/// gradient reaches the input.
+pub fn loss_and_grad(
+    model: &dyn Classifier,
+    x: &Tensor,
+    goal: &Goal,
+    loss: Loss,
+) -> Result<LossGrad> {
+    check_batch(x, f32::MIN, f32::MAX)?;
+    let probe = checked_logits(model, &x.narrow(0, 0, 1)?)?;
+    let classes = probe.dim(1)?;
+    loss.check_classes(classes, goal.is_targeted())?;
+    let goal = goal.resolve(x.dim(0)?, classes, x.device())?;
+    loss_and_grad_resolved(model, x, &goal, loss)
+}
+
+/// [`loss_and_grad`] on inputs that were already checked.
+pub(crate) fn loss_and_grad_resolved(
+    model: &dyn Classifier,
+    x: &Tensor,
+    goal: &Resolved,
+    loss: Loss,
+) -> Result<LossGrad> {
+    let var = Var::from_tensor(x)?;
+    let logits = checked_logits(model, var.as_tensor())?;
+    let objective = loss.objective(&logits, &goal.tensor, goal.targeted)?;
+    let grads = objective.sum_all()?.backward()?;
+    let grad = grads
+        .get(var.as_tensor())
+        .ok_or(Error::GradientMissing)?
+        .clone();
+    Ok(LossGrad {
+        loss: objective.detach(),
+        grad,
+        logits: logits.detach(),
+    })
+}
