@@ -60,7 +60,7 @@ pub enum Error {
         classes: usize,
     },
     /// A targeted goal asks for the class the sample already has as its label.
-    #[error("target[{index}] = {class} equals the sample's label")]
+    #[error("targets[{index}] = {class} equals the sample's label")]
     TargetEqualsLabel {
         /// Sample index.
         index: usize,

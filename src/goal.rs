@@ -73,7 +73,12 @@ impl Goal {
 
     /// Check the goal against a batch of `batch` samples and a model with `classes` classes, and
     /// bring its classes to the host and to `device` as `u32`.
-    pub(crate) fn resolve(&self, batch: usize, classes: usize, device: &Device) -> Result<Resolved> {
+    pub(crate) fn resolve(
+        &self,
+        batch: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Result<Resolved> {
         let (what, class_tensor) = match self {
             Goal::Untargeted { labels } => ("labels", labels),
             Goal::Targeted { targets, .. } => ("targets", targets),

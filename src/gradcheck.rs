@@ -18,7 +18,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::error::{Error, Result};
-use crate::model::{checked_logits, Classifier};
+use crate::model::{checked_logits, is_missing_backward, Classifier};
 use crate::validate::check_batch;
 
 /// Finite-difference step sizes in pixel units.
@@ -144,9 +144,7 @@ impl GradientCheck {
         let grad = match functional_grad(model, x, &c) {
             Ok(Some(g)) => g,
             Ok(None) => return Ok(GradVerdict::Missing),
-            Err(Error::Candle(candle_core::Error::BackwardNotSupported { .. })) => {
-                return Ok(GradVerdict::Missing)
-            }
+            Err(Error::Candle(e)) if is_missing_backward(&e) => return Ok(GradVerdict::Missing),
             Err(e) => return Err(e),
         };
         let base = dot(&checked_logits(model, x)?, &c)?;

@@ -27,7 +27,9 @@ use crate::ops::max_dim;
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if kernel == 0 || stride == 0 || kernel > h || kernel > w {
-        candle_core::bail!("max_pool2d: kernel {kernel}, stride {stride} do not fit a {h}x{w} input")
+        candle_core::bail!(
+            "max_pool2d: kernel {kernel}, stride {stride} do not fit a {h}x{w} input"
+        )
     }
     let (ho, wo) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
     let windows = if kernel == stride {

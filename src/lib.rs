@@ -48,3 +48,8 @@ pub use gradcheck::{GradVerdict, GradientCheck};
 pub use loss::Loss;
 pub use model::{loss_and_grad, Classifier, Eval, LossGrad, Normalized};
 pub use validate::check_batch;
+
+/// README.md's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -197,7 +197,13 @@ pub(crate) fn loss_and_grad_resolved(
     let var = Var::from_tensor(x)?;
     let logits = checked_logits(model, var.as_tensor())?;
     let objective = loss.objective(&logits, &goal.tensor, goal.targeted)?;
-    let grads = objective.sum_all()?.backward()?;
+    let grads = objective.sum_all()?.backward().map_err(|e| {
+        if is_missing_backward(&e) {
+            Error::GradientMissing
+        } else {
+            Error::Candle(e)
+        }
+    })?;
     let grad = grads
         .get(var.as_tensor())
         .ok_or(Error::GradientMissing)?
@@ -207,4 +213,10 @@ pub(crate) fn loss_and_grad_resolved(
         grad,
         logits: logits.detach(),
     })
+}
+
+/// Whether candle failed because an op on the path has no backward pass.
+pub(crate) fn is_missing_backward(e: &candle_core::Error) -> bool {
+    matches!(e, candle_core::Error::BackwardNotSupported { .. })
+        || e.to_string().contains("backward not supported")
 }

@@ -97,7 +97,10 @@ fn different_seeds_give_different_starts() -> perturb::Result<()> {
         let differing = a.iter().zip(&b).filter(|(p, q)| p != q).count();
         // Many pixels end on the same ε bound (L∞) or are zeroed by the exact L1 projection
         // after large sparse steps, whatever the start; the rest must differ.
-        assert!(differing > a.len() / 100, "{norm}: only {differing} pixels differ");
+        assert!(
+            differing > a.len() / 100,
+            "{norm}: only {differing} pixels differ"
+        );
     }
     Ok(())
 }
@@ -144,6 +147,7 @@ fn run_child(threads: usize) -> Vec<Vec<String>> {
         ])
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("PERTURB_DETERMINISM_OUT", &dir)
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("spawn child");
     assert!(status.success());

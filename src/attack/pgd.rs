@@ -196,8 +196,12 @@ impl Pgd {
             } else {
                 (0..active.len() as u32).collect()
             };
-            let dir = self.budget.ascent_direction(&lg.grad, &sub, self.l1_sparsity)?;
-            let moved = self.budget.project(&(&sub + dir.affine(alpha, 0.0)?)?, &x_sub)?;
+            let dir = self
+                .budget
+                .ascent_direction(&lg.grad, &sub, self.l1_sparsity)?;
+            let moved = self
+                .budget
+                .project(&(&sub + dir.affine(alpha, 0.0)?)?, &x_sub)?;
             let targets: Vec<u32> = keep.iter().map(|&j| active[j as usize]).collect();
             cur = scatter_rows(&cur, &targets, &take_rows(&moved, &keep)?)?;
             active = targets;
@@ -239,7 +243,9 @@ impl Attack for Pgd {
         let mut best_loss = vec![f32::NEG_INFINITY; n];
         let mut evals = 0;
         for restart in 0..self.restarts {
-            let rows: Vec<u32> = (0..n as u32).filter(|&i| !best_success[i as usize]).collect();
+            let rows: Vec<u32> = (0..n as u32)
+                .filter(|&i| !best_success[i as usize])
+                .collect();
             if rows.is_empty() {
                 break;
             }

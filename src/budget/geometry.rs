@@ -94,7 +94,12 @@ impl Budget {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for `l1_sparsity` outside `[0, 1)`; shape errors from candle.
-    pub fn ascent_direction(&self, grad: &Tensor, x_adv: &Tensor, l1_sparsity: f32) -> Result<Tensor> {
+    pub fn ascent_direction(
+        &self,
+        grad: &Tensor,
+        x_adv: &Tensor,
+        l1_sparsity: f32,
+    ) -> Result<Tensor> {
         let shape = grad.shape().clone();
         let n = grad.dim(0)?;
         let dim = grad.elem_count() / n.max(1);
@@ -103,7 +108,10 @@ impl Budget {
             Norm::Linf => g.sign()?,
             Norm::L2 => {
                 // Divide by the largest entry first so that tiny gradients do not underflow.
-                let m = g.abs()?.max_keepdim(1)?.maximum(f64::from(f32::MIN_POSITIVE))?;
+                let m = g
+                    .abs()?
+                    .max_keepdim(1)?
+                    .maximum(f64::from(f32::MIN_POSITIVE))?;
                 let g = g.broadcast_div(&m)?;
                 let len = g.sqr()?.sum_keepdim(1)?.sqrt()?;
                 g.broadcast_div(&len)?
@@ -111,7 +119,9 @@ impl Budget {
             Norm::L1 => {
                 check_sparsity(l1_sparsity)?;
                 let x = x_adv.reshape((n, dim))?;
-                let keep = ((1.0 - f64::from(l1_sparsity)) * dim as f64).round().max(1.0);
+                let keep = ((1.0 - f64::from(l1_sparsity)) * dim as f64)
+                    .round()
+                    .max(1.0);
                 self.sparse_l1_direction(&g, &x, keep)?
             }
         };
@@ -139,7 +149,10 @@ impl Budget {
             lo = ok.where_cond(&mid, &lo)?;
             hi = ok.where_cond(&hi, &mid)?;
         }
-        let selected = mag.broadcast_ge(&lo)?.mul(&mag.gt(0.0)?)?.to_dtype(DType::F32)?;
+        let selected = mag
+            .broadcast_ge(&lo)?
+            .mul(&mag.gt(0.0)?)?
+            .to_dtype(DType::F32)?;
         let count = selected.sum_keepdim(1)?.maximum(1.0)?;
         Ok(g.sign()?.mul(&selected)?.broadcast_div(&count)?)
     }

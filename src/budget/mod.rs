@@ -223,7 +223,12 @@ impl Budget {
                 Norm::Linf => noise.extend((0..d).map(|_| rng.random_range(-eps..=eps))),
                 Norm::L2 => {
                     let g: Vec<f64> = (0..d).map(|_| StandardNormal.sample(rng)).collect();
-                    let len = g.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+                    let len = g
+                        .iter()
+                        .map(|v| v * v)
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(f64::MIN_POSITIVE);
                     let radius = eps * rng.random::<f64>().powf(1.0 / d as f64);
                     noise.extend(g.iter().map(|v| v / len * radius));
                 }

@@ -1,0 +1,2 @@
+//! Placeholder until the model zoo lands: attacks a fixed softmax regression.
+fn main() {}
