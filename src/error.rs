@@ -123,9 +123,87 @@ pub enum Error {
         /// Relative error between the two.
         relative_error: f64,
     },
+    /// A weights file does not match its expected sha256: corrupted or tampered with.
+    #[error("checksum mismatch for {file}: expected sha256 {expected}, got {got}")]
+    Checksum {
+        /// The file that was checked.
+        file: std::path::PathBuf,
+        /// The sha256 it should have (hex).
+        expected: String,
+        /// The sha256 it has (hex).
+        got: String,
+    },
+    /// A model name that the zoo does not know.
+    #[error("unknown model {name:?}; shipped models: {known}")]
+    UnknownModel {
+        /// The requested name.
+        name: String,
+        /// The names that exist, comma-separated.
+        known: String,
+    },
+    /// A file could not be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file concerned.
+        file: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A weights file lacks a tensor or has it in the wrong shape.
+    #[error("weights {file}: {reason}")]
+    Weights {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// A failure inside candle (device, kernel, allocation).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A data file ends before its header says it should. For gzip'd files the byte counts are
+    /// of the decompressed stream.
+    #[error("{file}: truncated: expected {expected_bytes} bytes, got {got_bytes}")]
+    Truncated {
+        /// The file that was read.
+        file: std::path::PathBuf,
+        /// Bytes the header (or the format's fixed header) calls for.
+        expected_bytes: u64,
+        /// Bytes the file actually holds.
+        got_bytes: u64,
+    },
+    /// A file does not start with a supported magic number: for IDX, `0x000008NN` (unsigned
+    /// bytes, rank `NN >= 1`).
+    #[error(
+        "{file}: bad magic number {got:#010x}, expected 0x000008NN \
+         (IDX of unsigned bytes, rank NN >= 1)"
+    )]
+    BadMagic {
+        /// The file that was read.
+        file: std::path::PathBuf,
+        /// The first four bytes, big-endian.
+        got: u32,
+    },
+    /// A data file is malformed: a broken gzip stream, dimensions that overflow, trailing bytes,
+    /// an array of the wrong rank, a value out of range.
+    #[error("{file}: {reason}")]
+    Data {
+        /// The file that was read.
+        file: std::path::PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// An image file and its label file hold different numbers of samples.
+    #[error("{images_file} holds {images} images but {labels_file} holds {labels} labels")]
+    CountMismatch {
+        /// The image file.
+        images_file: std::path::PathBuf,
+        /// Number of images in it.
+        images: usize,
+        /// The label file.
+        labels_file: std::path::PathBuf,
+        /// Number of labels in it.
+        labels: usize,
+    },
 }
 
 /// `Result` with perturb's [`Error`].

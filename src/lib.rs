@@ -31,17 +31,22 @@
 
 pub mod attack;
 pub mod budget;
+pub mod data;
 mod error;
+pub mod eval;
 mod goal;
 pub mod gradcheck;
 pub mod layers;
 pub mod loss;
 pub mod model;
 mod ops;
+pub mod train;
 mod validate;
+pub mod zoo;
 
 pub use attack::{Adversarial, Attack, Fgsm, Pgd};
 pub use budget::{Budget, Norm};
+pub use data::{read_idx, IdxArray, Mnist};
 pub use error::{Error, Result};
 pub use goal::Goal;
 pub use gradcheck::{GradVerdict, GradientCheck};

@@ -113,7 +113,9 @@ impl Budget {
                     .max_keepdim(1)?
                     .maximum(f64::from(f32::MIN_POSITIVE))?;
                 let g = g.broadcast_div(&m)?;
-                let len = g.sqr()?.sum_keepdim(1)?.sqrt()?;
+                // A zero row stays zero instead of 0/0.
+                let tiny = f64::from(f32::MIN_POSITIVE);
+                let len = g.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(tiny)?;
                 g.broadcast_div(&len)?
             }
             Norm::L1 => {

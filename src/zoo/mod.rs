@@ -1,0 +1,287 @@
+//! Shipped classifiers and their architectures, loaded only when their sha256 matches.
+//!
+//! The weights live in `models/` as safetensors with PyTorch-compatible names, each with a model
+//! card `models/<name>.md`; `models/SHA256SUMS` (compiled into the library) pins every file.
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! let model = perturb::zoo::load("mnist-cnn", &Device::Cpu)?; // refuses a tampered file
+//! # Ok::<(), perturb::Error>(())
+//! ```
+
+mod arch;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Module, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+pub use arch::{MnistLinear, ParamSpec, SmallCnn};
+
+use crate::error::{Error, Result};
+
+/// The expected sha256 of every shipped weights file, as `sha256sum` writes them.
+const SHA256SUMS: &str = include_str!("../../models/SHA256SUMS");
+
+/// An architecture the zoo can build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// Softmax regression on 28×28 grey images, 10 classes.
+    MnistLinear,
+    /// The TRADES SmallCNN on 28×28 grey images, 10 classes.
+    SmallCnn,
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::MnistLinear => "mnist-linear",
+            Arch::SmallCnn => "small-cnn",
+        })
+    }
+}
+
+impl FromStr for Arch {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mnist-linear" | "linear" => Ok(Arch::MnistLinear),
+            "small-cnn" | "smallcnn" | "cnn" => Ok(Arch::SmallCnn),
+            _ => Err(Error::InvalidParameter {
+                name: "arch",
+                value: s.to_string(),
+                reason: "expected mnist-linear or small-cnn",
+            }),
+        }
+    }
+}
+
+impl Arch {
+    /// Parameter names, shapes and fan-ins.
+    pub fn params(&self) -> Vec<ParamSpec> {
+        match self {
+            Arch::MnistLinear => MnistLinear::params(),
+            Arch::SmallCnn => SmallCnn::params(),
+        }
+    }
+
+    /// Input shape `[C, H, W]` of one sample.
+    pub fn input_shape(&self) -> [usize; 3] {
+        [1, 28, 28]
+    }
+
+    /// Fresh parameters with PyTorch's default initialization, U(−1/√fan_in, 1/√fan_in), drawn
+    /// from a generator seeded with `seed` (deterministic on every machine).
+    ///
+    /// # Errors
+    /// Candle errors only.
+    pub fn init(&self, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut out = HashMap::new();
+        for p in self.params() {
+            let bound = 1.0 / (p.fan_in as f32).sqrt();
+            let n = p.shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            out.insert(p.name, Tensor::from_vec(v, p.shape, device)?);
+        }
+        Ok(out)
+    }
+
+    /// Build the model from named tensors, checking names and shapes.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] naming the first missing or misshapen tensor.
+    pub fn build(&self, tensors: &HashMap<String, Tensor>, file: &Path) -> Result<ZooModel> {
+        for p in self.params() {
+            let bad = |reason: String| Error::Weights {
+                file: file.to_path_buf(),
+                reason,
+            };
+            let t = tensors
+                .get(&p.name)
+                .ok_or_else(|| bad(format!("missing tensor {} for {self}", p.name)))?;
+            if t.dims() != p.shape.as_slice() || t.dtype() != DType::F32 {
+                return Err(bad(format!(
+                    "tensor {} is {:?} {:?}, {self} needs f32 {:?}",
+                    p.name,
+                    t.dtype(),
+                    t.dims(),
+                    p.shape
+                )));
+            }
+        }
+        let missing = || Error::Weights {
+            file: file.to_path_buf(),
+            reason: "incomplete".into(),
+        };
+        let net = match self {
+            Arch::MnistLinear => {
+                Net::Linear(MnistLinear::from_tensors(tensors).ok_or_else(missing)?)
+            }
+            Arch::SmallCnn => Net::Cnn(Box::new(
+                SmallCnn::from_tensors(tensors).ok_or_else(missing)?,
+            )),
+        };
+        Ok(ZooModel { arch: *self, net })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Net {
+    Linear(MnistLinear),
+    Cnn(Box<SmallCnn>),
+}
+
+/// A model of the zoo: a candle `Module` (hence a [`Classifier`](crate::Classifier)) mapping
+/// `[N, 1, 28, 28]` pixels in `[0, 1]` to 10 logits.
+#[derive(Debug, Clone)]
+pub struct ZooModel {
+    arch: Arch,
+    net: Net,
+}
+
+impl ZooModel {
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+}
+
+impl Module for ZooModel {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.net {
+            Net::Linear(m) => m.forward(x),
+            Net::Cnn(m) => m.forward(x),
+        }
+    }
+}
+
+/// A model shipped in `models/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    /// Name used on the command line and in [`load`].
+    pub name: &'static str,
+    /// Its architecture.
+    pub arch: Arch,
+    /// Weights file inside `models/`.
+    pub file: &'static str,
+}
+
+/// Every shipped model.
+pub const SHIPPED: &[Shipped] = &[
+    Shipped {
+        name: "mnist-linear",
+        arch: Arch::MnistLinear,
+        file: "mnist-linear.safetensors",
+    },
+    Shipped {
+        name: "mnist-cnn",
+        arch: Arch::SmallCnn,
+        file: "mnist-cnn.safetensors",
+    },
+];
+
+/// The `models/` folder of this crate.
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
+}
+
+/// The pinned sha256 of a file in `models/`, if any.
+pub fn pinned_sha256(file: &str) -> Option<&'static str> {
+    SHA256SUMS.lines().find_map(|line| {
+        let (hash, name) = line.split_once(char::is_whitespace)?;
+        (name.trim_start().trim_start_matches('*') == file).then_some(hash)
+    })
+}
+
+/// Find a shipped model by name.
+///
+/// # Errors
+/// [`Error::UnknownModel`] listing the known names.
+pub fn shipped(name: &str) -> Result<Shipped> {
+    SHIPPED
+        .iter()
+        .find(|s| s.name == name)
+        .copied()
+        .ok_or_else(|| Error::UnknownModel {
+            name: name.to_string(),
+            known: SHIPPED
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Load a shipped model, verifying its sha256 against `models/SHA256SUMS`.
+///
+/// # Errors
+/// [`Error::UnknownModel`], [`Error::Io`], [`Error::Checksum`] for a modified file, or
+/// [`Error::Weights`].
+pub fn load(name: &str, device: &Device) -> Result<ZooModel> {
+    let s = shipped(name)?;
+    let path = models_dir().join(s.file);
+    let expected = pinned_sha256(s.file).ok_or_else(|| Error::Weights {
+        file: path.clone(),
+        reason: "no sha256 pinned in models/SHA256SUMS".into(),
+    })?;
+    load_file(s.arch, &path, Some(expected), device)
+}
+
+/// Load weights of architecture `arch` from a safetensors file, verifying its sha256 when
+/// `expected_sha256` (hex) is given.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::Checksum`], [`Error::Weights`] for a malformed file or tensors that
+/// do not fit the architecture.
+pub fn load_file(
+    arch: Arch,
+    path: &Path,
+    expected_sha256: Option<&str>,
+    device: &Device,
+) -> Result<ZooModel> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(expected) = expected_sha256 {
+        let got = sha256_hex(&bytes);
+        if !got.eq_ignore_ascii_case(expected.trim()) {
+            return Err(Error::Checksum {
+                file: path.to_path_buf(),
+                expected: expected.trim().to_string(),
+                got,
+            });
+        }
+    }
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::Weights {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    arch.build(&tensors, path)
+}
+
+/// Save named tensors as safetensors.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be written.
+pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| Error::Io {
+        file: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Lowercase hex sha256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
