@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
+use crate::attack::Attack;
 use crate::error::{Error, Result};
+use crate::goal::Goal;
 use crate::model::{checked_logits, predictions, Classifier};
 
 /// Predicted class of every sample of `images`, in batches of `batch_size`.
@@ -49,4 +51,37 @@ pub fn count_correct(
         });
     }
     Ok(pred.iter().zip(&truth).filter(|(p, t)| p == t).count())
+}
+
+/// Number of samples an untargeted `attack` fails to fool, in batches of `batch_size`: the
+/// robust accuracy's numerator (misclassified clean samples count as fooled).
+///
+/// # Errors
+/// As [`predict`], plus the attack's errors.
+pub fn count_robust(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    images: &Tensor,
+    labels: &Tensor,
+    batch_size: usize,
+) -> Result<usize> {
+    if batch_size == 0 {
+        return Err(Error::InvalidParameter {
+            name: "batch_size",
+            value: "0".into(),
+            reason: "must be at least 1",
+        });
+    }
+    let n = images.dim(0)?;
+    let mut robust = 0;
+    let mut start = 0;
+    while start < n {
+        let len = batch_size.min(n - start);
+        let x = images.narrow(0, start, len)?;
+        let y = labels.narrow(0, start, len)?;
+        let adv = attack.run(model, &x, &Goal::untargeted(&y))?;
+        robust += adv.success.iter().filter(|s| !**s).count();
+        start += len;
+    }
+    Ok(robust)
 }

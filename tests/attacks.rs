@@ -283,3 +283,18 @@ mod restarts {
         Ok(())
     }
 }
+
+/// Attacks, budgets, losses and results can cross threads (Rust API guidelines).
+#[test]
+fn attack_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Fgsm>();
+    assert_send_sync::<Pgd>();
+    assert_send_sync::<Budget>();
+    assert_send_sync::<Loss>();
+    assert_send_sync::<Goal>();
+    assert_send_sync::<perturb::Adversarial>();
+    assert_send_sync::<perturb::GradientCheck>();
+    assert_send_sync::<perturb::Error>();
+    assert_send_sync::<Box<dyn Attack>>();
+}

@@ -50,6 +50,19 @@ pub trait Attack: Send + Sync {
 }
 
 /// The outcome of an attack on a batch.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use perturb::{Attack, Budget, Goal, Pgd};
+/// let model = |x: &Tensor| x.flatten_from(1);
+/// let x = Tensor::new(&[[[[0.2f32, 0.6]]], [[[0.0, 1.0]]]], &Device::Cpu)?;
+/// let y = Tensor::new(&[1u32, 1], &Device::Cpu)?;
+/// let adv = Pgd::bim(Budget::linf(0.3)?).steps(10).run(&model, &x, &Goal::untargeted(&y))?;
+/// assert_eq!(adv.success, [true, false]); // the second digit is too far from the boundary
+/// assert_eq!(adv.success_rate(), 0.5);
+/// assert_eq!(adv.gradient_evals, 2 * 10);
+/// # Ok::<(), perturb::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Adversarial {
     /// Adversarial inputs, same shape and device as the clean batch; always inside the budget and
