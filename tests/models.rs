@@ -121,7 +121,9 @@ fn every_shipped_model_passes_the_gradient_check() -> perturb::Result<()> {
         let model = zoo::load(s.name, &Device::Cpu)?;
         for start in [0, 100, 200] {
             let x = data.test_images.narrow(0, start, 4)?;
-            let verdict = perturb::GradientCheck::new().seed(start as u64).run(&model, &x)?;
+            let verdict = perturb::GradientCheck::new()
+                .seed(start as u64)
+                .run(&model, &x)?;
             assert!(verdict.passed(), "{} at {start}: {verdict:?}", s.name);
         }
     }

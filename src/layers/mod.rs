@@ -5,7 +5,9 @@
 //! gradient by 4 and a two-pool CNN's gradient comes out 16 times too small. [`max_pool2d`] here
 //! routes the gradient to the maximum of each window (split evenly among ties).
 
-use candle_core::{Module, Tensor};
+mod max_pool_cpu;
+
+use candle_core::{DType, Module, Tensor};
 
 use crate::ops::max_dim;
 
@@ -25,6 +27,24 @@ use crate::ops::max_dim;
 /// # Errors
 /// When `x` is not rank 4, the kernel or stride is zero, or the kernel is larger than the input.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op1(max_pool_cpu::MaxPool { kernel, stride });
+    }
+    max_pool2d_composed(x, kernel, stride)
+}
+
+/// [`max_pool2d`] built from candle ops (runs on every device; the CPU path is a custom op with
+/// the same values and gradients, about five times faster).
+///
+/// # Errors
+/// As [`max_pool2d`].
+pub fn max_pool2d_composed(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if kernel == 0 || stride == 0 || kernel > h || kernel > w {
         candle_core::bail!(
