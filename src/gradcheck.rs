@@ -6,12 +6,20 @@
 //!
 //! The check takes a random linear functional of the logits, `L(x) = Σ c ⊙ logits(x)` with
 //! `c ~ N(0, 1)` (non-saturating, so small gradients of a confident model do not hide errors),
-//! and compares autograd's directional derivative `∇L·d` with the central difference
-//! `(L(x + h·d) − L(x − h·d)) / 2h` along `d = sign(∇L)` and a few random ±1 directions. A ReLU
-//! or max-pool kink within `h` of `x` bends the central difference, so each direction also tries
-//! one-sided differences (a kink on one side leaves the other side's slope exact) at three step
-//! sizes, and the estimate closest to autograd counts. A wrong gradient is wrong on both sides and
-//! at every step size. Cost: one batched forward pass of 6N samples per direction, no backward.
+//! and compares autograd's directional derivative `∇L·d` with finite differences of `L` along
+//! sparse directions `d`: ±1 on 16 pixels, the first along `sign(∇L)` on the 16 largest `|∇L|`,
+//! the others on random pixels of the upper quarter of `|∇L|` (so the signal stands well above
+//! `f32` rounding), alternately along `sign(∇L)` and with random signs. Sparse directions cross
+//! few ReLU and max-pool kinks; each is tried with
+//! central and one-sided differences (a kink on one side leaves the other side's slope exact) at
+//! three step sizes, and the estimate closest to autograd counts. The gradient passes when at
+//! least three quarters of the directions agree within the tolerance; a wrong gradient (a missing
+//! term, a scaled pool) fails nearly every direction, a kink only the odd one.
+//!
+//! The check runs at `x` plus a seeded jitter of ±1e-3 per pixel: real images have exact ties (a
+//! flat background gives equal activations in a max-pool window), where the function has a kink
+//! at `x` itself and no gradient, however correct, matches both one-sided slopes. Cost: one
+//! batched forward pass of 6N samples per direction, one backward.
 
 use candle_core::{DType, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -21,6 +29,10 @@ use crate::error::{Error, Result};
 use crate::model::{checked_logits, is_missing_backward, Classifier};
 use crate::validate::check_batch;
 
+/// Half-width of the uniform jitter added to the input before checking, in pixel units.
+const JITTER: f32 = 1e-3;
+/// Pixels moved by each direction: few, so that a step crosses few ReLU and max-pool kinks.
+const SPARSE_PIXELS: usize = 16;
 /// Finite-difference step sizes in pixel units.
 const STEPS: [f64; 3] = [1e-2, 1e-3, 1e-4];
 
@@ -29,7 +41,7 @@ const STEPS: [f64; 3] = [1e-2, 1e-3, 1e-4];
 pub enum GradVerdict {
     /// Autograd agrees with finite differences within the tolerance.
     Passed {
-        /// Largest relative error over the directions tried.
+        /// Median relative error over the directions tried.
         relative_error: f64,
     },
     /// No gradient reaches the input: a layer without backward sits on the path.
@@ -38,7 +50,7 @@ pub enum GradVerdict {
     Mismatch {
         /// Autograd's directional derivative along the worst direction.
         autograd: f64,
-        /// The central-difference estimate along that direction.
+        /// The finite-difference estimate closest to it along that direction.
         finite_difference: f64,
         /// Their relative difference.
         relative_error: f64,
@@ -96,16 +108,16 @@ impl Default for GradientCheck {
 }
 
 impl GradientCheck {
-    /// Defaults: 4 directions, tolerance 0.05, seed 0.
+    /// Defaults: 8 directions, tolerance 0.05, seed 0.
     pub fn new() -> Self {
         Self {
-            directions: 4,
+            directions: 8,
             tolerance: 0.05,
             seed: 0,
         }
     }
 
-    /// Number of directions (one along `sign(∇L)`, the rest random); default 4, at least 1.
+    /// Number of directions (one along `sign(∇L)`, the rest random); default 8, at least 1.
     pub fn directions(mut self, n: usize) -> Self {
         self.directions = n.max(1);
         self
@@ -138,6 +150,12 @@ impl GradientCheck {
             });
         }
         let mut rng = StdRng::seed_from_u64(self.seed);
+        // Exact ties (flat image regions seen through max-pool, ReLU inputs at exactly 0) put x
+        // on a kink where no gradient equals both one-sided slopes; a tiny jitter moves it off.
+        let jitter: Vec<f32> = (0..x.elem_count())
+            .map(|_| rng.random_range(-JITTER..=JITTER))
+            .collect();
+        let x = &(x + Tensor::from_vec(jitter, x.shape(), x.device())?)?;
         let (n, k) = checked_logits(model, x)?.dims2()?;
         let c: Vec<f32> = (0..n * k).map(|_| rng.sample(StandardNormal)).collect();
         let c = Tensor::from_vec(c, (n, k), x.device())?;
@@ -148,51 +166,64 @@ impl GradientCheck {
             Err(e) => return Err(e),
         };
         let base = dot(&checked_logits(model, x)?, &c)?;
-        let g_l2 = grad
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f64>()?;
-        let floor = 1e-2 * g_l2 + 1e-12;
-        let mut worst = GradVerdict::Passed {
-            relative_error: 0.0,
-        };
-        let mut worst_err = 0.0;
+        let g: Vec<f32> = grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let total = g.len();
+        let m = SPARSE_PIXELS.min(total);
+        let g_l2 = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        // 1 % of |∇L·d| for m random ±1 pixels of average size: below it, both count as zero.
+        let floor = 1e-2 * g_l2 * (m as f64 / total as f64).sqrt() + 1e-12;
+        let mut by_size: Vec<usize> = (0..total).collect();
+        by_size.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        let mut results = Vec::with_capacity(self.directions);
         for i in 0..self.directions {
-            let d = if i == 0 {
-                grad.sign()?
+            let mut d = vec![0f32; total];
+            if i == 0 {
+                for &j in &by_size[..m] {
+                    d[j] = if g[j] >= 0.0 { 1.0 } else { -1.0 };
+                }
             } else {
-                let signs: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-                    .collect();
-                Tensor::from_vec(signs, x.shape(), x.device())?
-            };
-            let autograd = dot(&grad, &d)?;
-            let mut best: Option<(f64, f64)> = None;
-            for fd in differences(model, x, &d, &c, base)? {
-                let err = (autograd - fd).abs() / autograd.abs().max(fd.abs()).max(floor);
-                if best.is_none_or(|(e, _)| err < e) {
-                    best = Some((err, fd));
+                // Pixels from the upper quarter of |∇L| carry a signal well above f32 noise;
+                // every other direction follows sign(∇L), the rest take random signs.
+                let pool = &by_size[..(total / 4).max(m)];
+                for j in rand::seq::index::sample(&mut rng, pool.len(), m) {
+                    let p = pool[j];
+                    d[p] = if i % 2 == 0 {
+                        if g[p] >= 0.0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    } else if rng.random::<bool>() {
+                        1.0
+                    } else {
+                        -1.0
+                    };
                 }
             }
-            let (err, fd) = best.unwrap_or((0.0, autograd));
-            if err >= worst_err {
-                worst_err = err;
-                worst = if err <= self.tolerance {
-                    GradVerdict::Passed {
-                        relative_error: err,
-                    }
-                } else {
-                    GradVerdict::Mismatch {
-                        autograd,
-                        finite_difference: fd,
-                        relative_error: err,
-                    }
-                };
+            let autograd: f64 = g.iter().zip(&d).map(|(a, b)| f64::from(*a * *b)).sum();
+            let d = Tensor::from_vec(d, x.shape(), x.device())?;
+            let mut best = (f64::INFINITY, autograd);
+            for fd in differences(model, x, &d, &c, base)? {
+                let err = (autograd - fd).abs() / autograd.abs().max(fd.abs()).max(floor);
+                if err < best.0 {
+                    best = (err, fd);
+                }
             }
+            results.push((best.0, autograd, best.1));
         }
-        Ok(worst)
+        results.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let failed = results.iter().filter(|r| r.0 > self.tolerance).count();
+        let worst = results[results.len() - 1];
+        if failed * 4 > results.len() {
+            return Ok(GradVerdict::Mismatch {
+                autograd: worst.1,
+                finite_difference: worst.2,
+                relative_error: worst.0,
+            });
+        }
+        Ok(GradVerdict::Passed {
+            relative_error: results[results.len() / 2].0,
+        })
     }
 }
 

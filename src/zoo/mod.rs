@@ -173,11 +173,18 @@ pub struct Shipped {
 }
 
 /// Every shipped model.
-pub const SHIPPED: &[Shipped] = &[Shipped {
-    name: "mnist-linear",
-    arch: Arch::MnistLinear,
-    file: "mnist-linear.safetensors",
-}];
+pub const SHIPPED: &[Shipped] = &[
+    Shipped {
+        name: "mnist-linear",
+        arch: Arch::MnistLinear,
+        file: "mnist-linear.safetensors",
+    },
+    Shipped {
+        name: "mnist-cnn",
+        arch: Arch::SmallCnn,
+        file: "mnist-cnn.safetensors",
+    },
+];
 
 /// The `models/` folder of this crate.
 pub fn models_dir() -> PathBuf {
