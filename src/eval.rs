@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use crate::attack::Attack;
+use crate::data::batches;
 use crate::error::{Error, Result};
 use crate::goal::Goal;
 use crate::model::{checked_logits, predictions, Classifier};
@@ -12,21 +13,10 @@ use crate::model::{checked_logits, predictions, Classifier};
 /// # Errors
 /// [`Error::InvalidParameter`] for a zero batch size; a model whose output is not `[N, K]`.
 pub fn predict(model: &dyn Classifier, images: &Tensor, batch_size: usize) -> Result<Vec<u32>> {
-    if batch_size == 0 {
-        return Err(Error::InvalidParameter {
-            name: "batch_size",
-            value: "0".into(),
-            reason: "must be at least 1",
-        });
-    }
-    let n = images.dim(0)?;
-    let mut out = Vec::with_capacity(n);
-    let mut start = 0;
-    while start < n {
-        let len = batch_size.min(n - start);
-        let logits = checked_logits(model, &images.narrow(0, start, len)?)?;
+    let mut out = Vec::with_capacity(images.dim(0)?);
+    for r in batches(images.dim(0)?, batch_size)? {
+        let logits = checked_logits(model, &images.narrow(0, r.start, r.len())?)?;
         out.extend(predictions(&logits)?);
-        start += len;
     }
     Ok(out)
 }
@@ -65,23 +55,12 @@ pub fn count_robust(
     labels: &Tensor,
     batch_size: usize,
 ) -> Result<usize> {
-    if batch_size == 0 {
-        return Err(Error::InvalidParameter {
-            name: "batch_size",
-            value: "0".into(),
-            reason: "must be at least 1",
-        });
-    }
-    let n = images.dim(0)?;
     let mut robust = 0;
-    let mut start = 0;
-    while start < n {
-        let len = batch_size.min(n - start);
-        let x = images.narrow(0, start, len)?;
-        let y = labels.narrow(0, start, len)?;
+    for r in batches(images.dim(0)?, batch_size)? {
+        let x = images.narrow(0, r.start, r.len())?;
+        let y = labels.narrow(0, r.start, r.len())?;
         let adv = attack.run(model, &x, &Goal::untargeted(&y))?;
         robust += adv.success.iter().filter(|s| !**s).count();
-        start += len;
     }
     Ok(robust)
 }

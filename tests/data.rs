@@ -321,3 +321,58 @@ mod malformed {
         assert!(matches!(err, Error::Data { .. }), "{err}");
     }
 }
+
+/// Image files: PNG round trip, resizing, and typed errors for malformed files.
+mod image_files {
+    use candle_core::{Device, Tensor};
+    use perturb::data::{load_image, save_png};
+    use perturb::Error;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("perturb-img-{}-{name}", std::process::id()))
+    }
+
+    /// A digit saved as PNG (scale 1) loads back to the same pixels (they are multiples of 1/255).
+    #[test]
+    fn png_round_trip_and_resize() -> perturb::Result<()> {
+        let v: Vec<f32> = (0..28 * 28).map(|i| (i % 256) as f32 / 255.0).collect();
+        let x = Tensor::from_vec(v.clone(), (1, 28, 28), &Device::Cpu)?;
+        let path = temp("digit.png");
+        save_png(&x, &path, 1)?;
+        let back = load_image(&path, 1, 28, 28, &Device::Cpu)?;
+        let got: Vec<f32> = back.flatten_all()?.to_vec1()?;
+        assert!(got.iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-6));
+        let rgb = load_image(&path, 3, 14, 14, &Device::Cpu)?;
+        assert_eq!(rgb.dims(), [3, 14, 14]);
+        save_png(&x, &path, 4)?;
+        assert_eq!(
+            load_image(&path, 1, 112, 112, &Device::Cpu)?.dims(),
+            [1, 112, 112]
+        );
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_missing_and_misshapen_images_are_typed_errors() {
+        let path = temp("broken.png");
+        // A PNG signature followed by garbage, and a truncated real PNG.
+        std::fs::write(&path, b"\x89PNG\r\n\x1a\nthis is not a png").expect("write");
+        let r = load_image(&path, 1, 28, 28, &Device::Cpu);
+        assert!(matches!(r, Err(Error::Data { .. })), "{r:?}");
+        let x = Tensor::zeros((1, 8, 8), candle_core::DType::F32, &Device::Cpu).expect("zeros");
+        save_png(&x, &path, 1).expect("save");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let r = load_image(&path, 1, 8, 8, &Device::Cpu);
+        assert!(matches!(r, Err(Error::Data { .. })), "{r:?}");
+        let _ = std::fs::remove_file(&path);
+        let r = load_image(temp("absent.png"), 1, 28, 28, &Device::Cpu);
+        assert!(matches!(r, Err(Error::Io { .. })), "{r:?}");
+        let r = load_image(temp("absent.png"), 2, 28, 28, &Device::Cpu);
+        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{r:?}");
+        let four = Tensor::zeros((1, 1, 8, 8), candle_core::DType::F32, &Device::Cpu).expect("x");
+        let r = save_png(&four, temp("x.png"), 1);
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    }
+}
