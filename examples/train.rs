@@ -93,6 +93,10 @@ fn main() -> Result<()> {
         }
         Some(other) => bail!("unknown adversarial training {other} (fgsm-rs or pgd)"),
     };
+    // A fresh, reproducible seed for every batch's random starts.
+    let make_attack = attack
+        .clone()
+        .map(|pgd| move |seed: u64| Box::new(pgd.clone().seed(seed)) as Box<dyn Attack>);
     println!(
         "training {} on {} images: {:?}, attack {:?}",
         args.arch,
@@ -106,7 +110,9 @@ fn main() -> Result<()> {
         &images,
         &labels,
         &args.cfg,
-        attack.as_ref().map(|a| a as &dyn Attack),
+        make_attack
+            .as_ref()
+            .map(|f| f as &dyn Fn(u64) -> Box<dyn Attack>),
         |s| {
             println!(
                 "epoch {:>2}: loss {:.4}, train accuracy {:.4}, {:.0} s",

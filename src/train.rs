@@ -57,9 +57,14 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
+/// Builds the attack for one training batch from that batch's seed, so that random starts are
+/// fresh for every batch and still reproducible (e.g. `|s| Box::new(pgd.clone().seed(s))`).
+pub type AttackForBatch<'a> = &'a dyn Fn(u64) -> Box<dyn Attack>;
+
 /// Train `arch` on `images` `[N, C, H, W]` and `u32` `labels` `[N]`; with `attack`, every batch
-/// is replaced by the attack's adversarial examples against the current weights (run the attack
-/// with `check_gradient(false)`: the check costs forward passes on every batch).
+/// is replaced by adversarial examples against the current weights, from the attack that
+/// `attack` builds for the batch's seed (derived from `cfg.seed`, the epoch and the batch index).
+/// Build it with `check_gradient(false)`: the check costs forward passes on every batch.
 ///
 /// Calls `on_epoch` after each epoch and returns the trained parameters by name.
 ///
@@ -70,7 +75,7 @@ pub fn train(
     images: &Tensor,
     labels: &Tensor,
     cfg: &TrainConfig,
-    attack: Option<&dyn Attack>,
+    attack: Option<AttackForBatch<'_>>,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<HashMap<String, Tensor>> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
@@ -107,12 +112,15 @@ pub fn train(
         let start = Instant::now();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0, 0usize);
-        for chunk in order.chunks(cfg.batch_size) {
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
             let x = images.index_select(&idx, 0)?;
             let y = labels.index_select(&idx, 0)?;
             let x = match attack {
-                Some(a) => a.run(&model, &x, &Goal::untargeted(&y))?.x_adv,
+                Some(make) => {
+                    let seed = batch_seed(cfg.seed, epoch, b);
+                    make(seed).run(&model, &x, &Goal::untargeted(&y))?.x_adv
+                }
                 None => x,
             };
             let logits = model.forward(&x)?;
@@ -136,4 +144,13 @@ pub fn train(
         .into_iter()
         .map(|(name, v)| (name, v.as_tensor().detach()))
         .collect())
+}
+
+/// A seed for batch `b` of `epoch`, distinct for every (seed, epoch, batch).
+fn batch_seed(seed: u64, epoch: usize, b: usize) -> u64 {
+    // SplitMix64 finalizer over the packed triple.
+    let mut z = seed ^ ((epoch as u64) << 40) ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -250,3 +250,41 @@ fn training_is_reproducible() -> perturb::Result<()> {
     assert!(correct > 800, "{correct}");
     Ok(())
 }
+
+/// Adversarial training (FGSM with random start, fresh seed per batch) is reproducible too, and
+/// differs from standard training.
+#[test]
+fn adversarial_training_is_reproducible() -> perturb::Result<()> {
+    let data = mnist();
+    let (x, y) = (
+        data.train_images.narrow(0, 0, 2_000)?,
+        data.train_labels.narrow(0, 0, 2_000)?,
+    );
+    let cfg = TrainConfig {
+        epochs: 1,
+        seed: 5,
+        ..Default::default()
+    };
+    let pgd = Pgd::new(Budget::linf(0.1)?)
+        .steps(1)
+        .step_size(0.125)
+        .check_gradient(false);
+    let make = |seed: u64| Box::new(pgd.clone().seed(seed)) as Box<dyn perturb::Attack>;
+    let run = |adv: bool| {
+        let attack: Option<perturb::train::AttackForBatch> = if adv { Some(&make) } else { None };
+        train(Arch::MnistLinear, &x, &y, &cfg, attack, |_| ())
+    };
+    let (a, b, plain) = (run(true)?, run(true)?, run(false)?);
+    let bits = |t: &candle_core::Tensor| -> perturb::Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    for (name, t) in &a {
+        assert_eq!(bits(t)?, bits(&b[name])?, "{name}");
+    }
+    assert_ne!(bits(&a["fc.weight"])?, bits(&plain["fc.weight"])?);
+    Ok(())
+}
