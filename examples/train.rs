@@ -9,6 +9,10 @@
 //! ```
 //! Prints one line per epoch, then the clean test accuracy, the wall time and the sha256 of the
 //! written file: everything a model card records.
+//!
+//! Long runs can span sessions: `--checkpoint FILE` saves the weights after every epoch, and
+//! `--init FILE --start-epoch K` resumes at epoch K with the same shuffles, attack seeds and
+//! learning rates (Adam's moments restart from zero, so give both commands on the card).
 
 use std::time::Instant;
 
@@ -28,6 +32,8 @@ struct Args {
     steps: usize,
     out: std::path::PathBuf,
     limit: Option<usize>,
+    init: Option<std::path::PathBuf>,
+    checkpoint: Option<std::path::PathBuf>,
 }
 
 fn parse() -> Result<Args> {
@@ -40,6 +46,8 @@ fn parse() -> Result<Args> {
         steps: 1,
         out: "trained.safetensors".into(),
         limit: None,
+        init: None,
+        checkpoint: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +65,9 @@ fn parse() -> Result<Args> {
             "--steps" => a.steps = value()?.parse()?,
             "--limit" => a.limit = Some(value()?.parse()?),
             "--out" => a.out = value()?.into(),
+            "--init" => a.init = Some(value()?.into()),
+            "--start-epoch" => a.cfg.start_epoch = value()?.parse()?,
+            "--checkpoint" => a.checkpoint = Some(value()?.into()),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -104,22 +115,41 @@ fn main() -> Result<()> {
         args.cfg,
         attack
     );
+    let init = match &args.init {
+        Some(path) => Some(candle_core::safetensors::load(path, &device)?),
+        None => None,
+    };
     let start = Instant::now();
+    let mut checkpoint_error = None;
     let params = train(
         args.arch,
         &images,
         &labels,
         &args.cfg,
+        init.as_ref(),
         make_attack
             .as_ref()
             .map(|f| f as &dyn Fn(u64) -> Box<dyn Attack>),
-        |s| {
+        |s, params| {
             println!(
                 "epoch {:>2}: loss {:.4}, train accuracy {:.4}, {:.0} s",
                 s.epoch, s.loss, s.accuracy, s.seconds
-            )
+            );
+            if let Some(path) = &args.checkpoint {
+                match zoo::save(params, path) {
+                    Ok(()) => println!(
+                        "          checkpoint after epoch {} in {}",
+                        s.epoch,
+                        path.display()
+                    ),
+                    Err(e) => checkpoint_error = Some(e),
+                }
+            }
         },
     )?;
+    if let Some(e) = checkpoint_error {
+        return Err(e.into());
+    }
     let wall = start.elapsed().as_secs_f64();
     zoo::save(&params, &args.out)?;
     let model = zoo::load_file(args.arch, &args.out, None, &device)?;

@@ -30,6 +30,9 @@ pub struct TrainConfig {
     pub decay_epochs: usize,
     /// Seed of initialization and shuffling.
     pub seed: u64,
+    /// First epoch to run (from 1): resuming at epoch k from the weights saved after epoch k − 1
+    /// replays the same shuffles, seeds and learning rates (Adam's moments restart from zero).
+    pub start_epoch: usize,
 }
 
 impl Default for TrainConfig {
@@ -40,6 +43,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             decay_epochs: 0,
             seed: 0,
+            start_epoch: 1,
         }
     }
 }
@@ -66,7 +70,9 @@ pub type AttackForBatch<'a> = &'a dyn Fn(u64) -> Box<dyn Attack>;
 /// `attack` builds for the batch's seed (derived from `cfg.seed`, the epoch and the batch index).
 /// Build it with `check_gradient(false)`: the check costs forward passes on every batch.
 ///
-/// Calls `on_epoch` after each epoch and returns the trained parameters by name.
+/// Starts from `init` (e.g. a checkpoint) or from fresh weights, calls `on_epoch` with the
+/// epoch's figures and the current parameters after each epoch (to save checkpoints), and returns
+/// the trained parameters by name.
 ///
 /// # Errors
 /// Invalid configuration, shapes that do not fit the architecture, or attack errors.
@@ -75,8 +81,9 @@ pub fn train(
     images: &Tensor,
     labels: &Tensor,
     cfg: &TrainConfig,
+    init: Option<&HashMap<String, Tensor>>,
     attack: Option<AttackForBatch<'_>>,
-    mut on_epoch: impl FnMut(&EpochStats),
+    mut on_epoch: impl FnMut(&EpochStats, &HashMap<String, Tensor>),
 ) -> Result<HashMap<String, Tensor>> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(Error::InvalidParameter {
@@ -86,10 +93,11 @@ pub fn train(
         });
     }
     let device = images.device();
-    let init = arch.init(cfg.seed, device)?;
+    let fresh = arch.init(cfg.seed, device)?;
+    let init = init.unwrap_or(&fresh);
     let mut vars = Vec::new();
     let mut live = HashMap::new();
-    for (name, t) in &init {
+    for (name, t) in init {
         let v = Var::from_tensor(t)?;
         live.insert(name.clone(), v.as_tensor().clone());
         vars.push((name.clone(), v));
@@ -111,6 +119,9 @@ pub fn train(
         }
         let start = Instant::now();
         order.shuffle(&mut rng);
+        if epoch < cfg.start_epoch {
+            continue; // replayed shuffle of an epoch done before resuming
+        }
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let idx = Tensor::from_slice(chunk, chunk.len(), device)?;
@@ -133,12 +144,19 @@ pub fn train(
             let truth = y.to_vec1::<u32>()?;
             correct += pred.iter().zip(&truth).filter(|(p, t)| p == t).count();
         }
-        on_epoch(&EpochStats {
-            epoch,
-            loss: loss_sum / n as f64,
-            accuracy: correct as f64 / n as f64,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+        let current: HashMap<String, Tensor> = vars
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
+            .collect();
+        on_epoch(
+            &EpochStats {
+                epoch,
+                loss: loss_sum / n as f64,
+                accuracy: correct as f64 / n as f64,
+                seconds: start.elapsed().as_secs_f64(),
+            },
+            &current,
+        );
     }
     Ok(vars
         .into_iter()

@@ -227,7 +227,7 @@ fn training_is_reproducible() -> perturb::Result<()> {
         seed: 3,
         ..Default::default()
     };
-    let run = || train(Arch::MnistLinear, &x, &y, &cfg, None, |_| ());
+    let run = || train(Arch::MnistLinear, &x, &y, &cfg, None, None, |_, _| ());
     let (a, b) = (run()?, run()?);
     for (name, t) in &a {
         let (p, q): (Vec<f32>, Vec<f32>) = (
@@ -272,7 +272,7 @@ fn adversarial_training_is_reproducible() -> perturb::Result<()> {
     let make = |seed: u64| Box::new(pgd.clone().seed(seed)) as Box<dyn perturb::Attack>;
     let run = |adv: bool| {
         let attack: Option<perturb::train::AttackForBatch> = if adv { Some(&make) } else { None };
-        train(Arch::MnistLinear, &x, &y, &cfg, attack, |_| ())
+        train(Arch::MnistLinear, &x, &y, &cfg, None, attack, |_, _| ())
     };
     let (a, b, plain) = (run(true)?, run(true)?, run(false)?);
     let bits = |t: &candle_core::Tensor| -> perturb::Result<Vec<u32>> {
