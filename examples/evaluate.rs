@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release --example evaluate -- --model mnist-cnn --eps 0.3 --steps 40 --step-size 0.01
 //! ```
+//! `--weights FILE [--arch small-cnn]` evaluates unpinned weights (a training checkpoint).
 //! Prints clean accuracy on all 10,000 test images, then FGSM and PGD (random start, early stop,
 //! seed 0) robust accuracy on the first `--n` images (default 1,000) and, with `--full`, on all.
 
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
         1000usize,
         false,
     );
+    let (mut weights, mut arch) = (None::<String>, zoo::Arch::SmallCnn);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -33,11 +35,20 @@ fn main() -> Result<()> {
             "--step-size" => alpha = value()?.parse()?,
             "--n" => n = value()?.parse()?,
             "--full" => full = true,
+            "--weights" => weights = Some(value()?),
+            "--arch" => arch = value()?.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
     let device = Device::Cpu;
-    let model = zoo::load(&name, &device)?;
+    let model = match &weights {
+        // Unpinned weights of a zoo architecture, e.g. a training checkpoint.
+        Some(path) => {
+            name = path.clone();
+            zoo::load_file(arch, std::path::Path::new(path), None, &device)?
+        }
+        None => zoo::load(&name, &device)?,
+    };
     let mnist = Mnist::load_default(&device)?;
     let (x, y) = (&mnist.test_images, &mnist.test_labels);
     let clean = count_correct(&model, x, y, 500)?;
