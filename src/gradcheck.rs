@@ -156,7 +156,8 @@ impl GradientCheck {
             .map(|_| rng.random_range(-JITTER..=JITTER))
             .collect();
         let x = &(x + Tensor::from_vec(jitter, x.shape(), x.device())?)?;
-        let (n, k) = checked_logits(model, x)?.dims2()?;
+        let logits = checked_logits(model, x)?;
+        let (n, k) = logits.dims2()?;
         let c: Vec<f32> = (0..n * k).map(|_| rng.sample(StandardNormal)).collect();
         let c = Tensor::from_vec(c, (n, k), x.device())?;
         let grad = match functional_grad(model, x, &c) {
@@ -165,7 +166,7 @@ impl GradientCheck {
             Err(Error::Candle(e)) if is_missing_backward(&e) => return Ok(GradVerdict::Missing),
             Err(e) => return Err(e),
         };
-        let base = dot(&checked_logits(model, x)?, &c)?;
+        let base = dot(&logits, &c)?;
         let g: Vec<f32> = grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let total = g.len();
         let m = SPARSE_PIXELS.min(total);

@@ -93,8 +93,14 @@ pub fn train(
         });
     }
     let device = images.device();
-    let fresh = arch.init(cfg.seed, device)?;
-    let init = init.unwrap_or(&fresh);
+    let fresh;
+    let init = match init {
+        Some(init) => init,
+        None => {
+            fresh = arch.init(cfg.seed, device)?;
+            &fresh
+        }
+    };
     let mut vars = Vec::new();
     let mut live = HashMap::new();
     for (name, t) in init {

@@ -184,7 +184,7 @@ impl Pgd {
                 break;
             }
             let (sub, sub_goal) = select_rows(&cur, &goal, &active)?;
-            let x_sub = select_rows(&x0, &goal, &active)?.0;
+            let x_sub = take_rows(&x0, &active)?;
             let lg = loss_and_grad_resolved(model, &sub, &sub_goal, self.loss)?;
             *evals += active.len();
             // Samples whose current point already reaches the goal stop here, unchanged.

@@ -19,7 +19,9 @@ use crate::ops::max_dim;
 /// let x = Var::new(&[[[[1.0f32, 2.0], [4.0, 3.0]]]], &Device::Cpu)?;
 /// let y = perturb::layers::max_pool2d(x.as_tensor(), 2, 2)?;
 /// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [4.0]);
-/// let g = y.sum_all()?.backward()?.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+/// let grads = y.sum_all()?.backward()?;
+/// let g = grads.get(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+/// let g = g.flatten_all()?.to_vec1::<f32>()?;
 /// assert_eq!(g, [0.0, 0.0, 1.0, 0.0]); // candle's own max_pool2d gives 0.25 here
 /// # Ok::<(), candle_core::Error>(())
 /// ```
