@@ -204,6 +204,33 @@ pub enum Error {
         /// Number of labels in it.
         labels: usize,
     },
+    /// A device that this build cannot use: CUDA without the `cuda` feature, or an unknown name.
+    #[error("device {spec}: {reason}")]
+    Device {
+        /// The device as requested (`cuda:0`).
+        spec: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A model's robust accuracy fell below the required minimum ([`assert_robust`]).
+    ///
+    /// [`assert_robust`]: crate::eval::assert_robust
+    #[error(
+        "robust accuracy {robust_accuracy:.4} ({robust} of {samples}) against {attack} \
+         is below the required {required:.4}"
+    )]
+    NotRobust {
+        /// Measured robust accuracy.
+        robust_accuracy: f64,
+        /// Samples that held.
+        robust: usize,
+        /// Samples evaluated.
+        samples: usize,
+        /// The attack, in words: name, norm and ε.
+        attack: String,
+        /// The required minimum.
+        required: f64,
+    },
 }
 
 /// `Result` with perturb's [`Error`].

@@ -32,14 +32,17 @@
 pub mod attack;
 pub mod budget;
 pub mod data;
+pub mod device;
 mod error;
 pub mod eval;
 mod goal;
 pub mod gradcheck;
 pub mod layers;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 mod ops;
+pub mod report;
 pub mod train;
 mod validate;
 pub mod zoo;

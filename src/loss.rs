@@ -27,7 +27,8 @@ use crate::ops::{log_sum_exp, max_other, pick};
 /// assert!(Loss::cw(-1.0).is_err());
 /// # Ok::<(), perturb::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Loss {
     /// Softmax cross-entropy.

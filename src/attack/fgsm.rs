@@ -32,7 +32,7 @@ use crate::model::{loss_and_grad_resolved, Classifier};
 /// assert!((moved[0] - 0.3).abs() < 1e-6 && (moved[1] - 0.5).abs() < 1e-6);
 /// # Ok::<(), perturb::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Fgsm {
     budget: Budget,
     loss: Loss,
@@ -89,5 +89,16 @@ impl Attack for Fgsm {
 
     fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    fn at_eps(&self, eps: f32) -> Result<Box<dyn Attack>> {
+        Ok(Box::new(Self {
+            budget: self.budget.with_eps(eps)?,
+            ..self.clone()
+        }))
+    }
+
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }

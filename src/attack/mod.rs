@@ -47,6 +47,27 @@ pub trait Attack: Send + Sync {
 
     /// The perturbation budget the attack respects.
     fn budget(&self) -> &Budget;
+
+    /// The same attack with the budget's radius set to `eps`, for ε sweeps. Parameters derived
+    /// from ε when left unset (such as PGD's default step size) follow the new radius.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEpsilon`]; the default, for attacks that do not support it,
+    /// [`Error::InvalidParameter`].
+    fn at_eps(&self, eps: f32) -> Result<Box<dyn Attack>> {
+        let _ = eps;
+        Err(Error::InvalidParameter {
+            name: "attack",
+            value: self.name().to_string(),
+            reason: "does not support eps sweeps (at_eps)",
+        })
+    }
+
+    /// Every parameter of the attack as JSON, enough to rebuild it: reports record it so that a
+    /// run can be reproduced. Attacks outside this crate may keep the default, an empty object.
+    fn params(&self) -> serde_json::Value {
+        serde_json::Value::Object(serde_json::Map::new())
+    }
 }
 
 /// The outcome of an attack on a batch.

@@ -40,7 +40,7 @@ use crate::model::{checked_logits, loss_and_grad_resolved, predictions, Classifi
 /// assert!(adv.norms[0] <= 0.3 + 1e-6);
 /// # Ok::<(), perturb::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Pgd {
     budget: Budget,
     loss: Loss,
@@ -271,6 +271,17 @@ impl Attack for Pgd {
 
     fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    fn at_eps(&self, eps: f32) -> Result<Box<dyn Attack>> {
+        Ok(Box::new(Self {
+            budget: self.budget.with_eps(eps)?,
+            ..self.clone()
+        }))
+    }
+
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

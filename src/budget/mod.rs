@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::validate::check_batch;
 
 /// A vector norm for measuring perturbations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Norm {
     /// Largest absolute pixel change.
     Linf,
@@ -72,7 +73,7 @@ impl FromStr for Norm {
 /// assert!(Budget::l2(-1.0).is_err());
 /// # Ok::<(), perturb::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Budget {
     norm: Norm,
     eps: f32,

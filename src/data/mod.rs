@@ -104,6 +104,17 @@ impl Mnist {
         Mnist::load(Self::DEFAULT_DIR, device)
     }
 
+    /// Only the test split (`[10000, 1, 28, 28]` images, `[10000]` labels) of the vendored copy,
+    /// without decoding the 60,000 training images.
+    ///
+    /// # Errors
+    /// As [`Mnist::load`].
+    pub fn load_test_default(device: &Device) -> Result<(Tensor, Tensor)> {
+        let dir = Path::new(Self::DEFAULT_DIR);
+        let [_, _, test_x, test_y] = MNIST_FILES.map(|name| locate(dir, name));
+        load_split(&test_x, &test_y, device)
+    }
+
     /// Number of training images.
     pub fn len_train(&self) -> usize {
         self.train_images.dims().first().copied().unwrap_or(0)

@@ -10,6 +10,7 @@
 //! ```
 
 mod arch;
+mod card;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 pub use arch::{MnistLinear, ParamSpec, SmallCnn};
+pub use card::{card, parse_count};
 
 use crate::error::{Error, Result};
 
@@ -265,6 +267,50 @@ pub fn load_file(
             reason: e.to_string(),
         })?;
     arch.build(&tensors, path)
+}
+
+/// Load a model named on a command line: a shipped name (verified against `SHA256SUMS`), or a
+/// path to safetensors weights of architecture `arch`, verified when `expected_sha256` is given.
+///
+/// ```
+/// use candle_core::Device;
+/// use perturb::zoo;
+/// let model = zoo::resolve("mnist-cnn", None, None, &Device::Cpu)?;
+/// assert_eq!(model.arch(), zoo::Arch::SmallCnn);
+/// assert!(zoo::resolve("no-such-model", None, None, &Device::Cpu).is_err());
+/// # Ok::<(), perturb::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::UnknownModel`] for a name that is neither shipped nor an existing file,
+/// [`Error::InvalidParameter`] for a path without `arch`, and the errors of [`load`] and
+/// [`load_file`].
+pub fn resolve(
+    model: &str,
+    arch: Option<Arch>,
+    expected_sha256: Option<&str>,
+    device: &Device,
+) -> Result<ZooModel> {
+    if SHIPPED.iter().any(|s| s.name == model) {
+        return load(model, device);
+    }
+    let path = Path::new(model);
+    if !path.exists() {
+        return Err(Error::UnknownModel {
+            name: model.to_string(),
+            known: SHIPPED
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let arch = arch.ok_or(Error::InvalidParameter {
+        name: "arch",
+        value: model.to_string(),
+        reason: "weights given by path need their architecture (mnist-linear or small-cnn)",
+    })?;
+    load_file(arch, path, expected_sha256, device)
 }
 
 /// Save named tensors as safetensors.

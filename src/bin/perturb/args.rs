@@ -1,0 +1,279 @@
+//! Command-line arguments and what they load.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::{Args, Parser, Subcommand};
+use perturb::data::Mnist;
+use perturb::zoo::{self, Arch, ZooModel};
+use perturb::{Attack, Budget, Fgsm, Norm, Pgd};
+
+const EXAMPLES: &str = "\
+Examples:
+  perturb models
+  perturb attack --model mnist-cnn --attack pgd --eps 0.1 --steps 40 --step-size 0.01 --n 500 \\
+      --json report.json --grid grid.png --save-adversarials adv.safetensors
+  perturb attack --model mnist-cnn --attack pgd --eps 0.2 --targeted 3 --n 100
+  perturb eval --model mnist-cnn --attacks fgsm,pgd --eps 0,0.05,0.1,0.15,0.2 --plot curve.png
+  perturb gate --model mnist-cnn --attack pgd --eps 0.05 --min-robust-accuracy 0.9 --n 1000
+  perturb attack --model my.safetensors --arch small-cnn --sha256 <hex> --attack fgsm --eps 0.1
+
+Exit codes: 0 success (gate: the model holds), 1 the gate failed, 2 a usage or input error.
+Data: the MNIST test set shipped in data/mnist; the first --n images from --offset.";
+
+/// Adversarial attacks and robustness tests for candle image classifiers.
+#[derive(Parser, Debug)]
+#[command(name = "perturb", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the shipped models, their clean accuracy and whether their checksum verifies.
+    Models,
+    /// Attack a model on test images and report clean and robust accuracy.
+    Attack(AttackArgs),
+    /// Sweep ε for one or more attacks: accuracy-vs-ε table, curve, worst case, warnings.
+    Eval(EvalArgs),
+    /// Exit 0 when robust accuracy reaches a threshold, 1 when it falls short (for CI).
+    Gate(GateArgs),
+}
+
+/// Model, data and device.
+#[derive(Args, Debug)]
+pub struct Common {
+    /// A shipped model name (see `perturb models`) or a path to safetensors weights.
+    #[arg(long)]
+    pub model: String,
+    /// Architecture of weights given by path: mnist-linear or small-cnn.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Expected sha256 (hex) of weights given by path; loading fails on a mismatch.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Number of test images.
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    /// Index of the first test image.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 250)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:<index>.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Attack parameters shared by `attack`, `eval` and `gate` (ε aside).
+#[derive(Args, Debug)]
+pub struct Spec {
+    /// Norm of the budget: linf, l2 or l1.
+    #[arg(long, default_value = "linf")]
+    pub norm: String,
+    /// PGD steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// PGD step size (default 2.5·ε/steps).
+    #[arg(long)]
+    pub step_size: Option<f32>,
+    /// PGD runs per sample (restarts attack only the samples not yet fooled).
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// Seed of the random start.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start PGD at the clean input (BIM) instead of a random point of the ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+    /// Keep stepping after a sample is fooled (by default it leaves the batch).
+    #[arg(long)]
+    pub no_early_stop: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// fgsm or pgd.
+    #[arg(long, default_value = "pgd")]
+    pub attack: String,
+    /// Radius of the budget.
+    #[arg(long)]
+    pub eps: f32,
+    #[command(flatten)]
+    pub spec: Spec,
+    /// Targeted attack toward this class; images of that class are skipped.
+    #[arg(long)]
+    pub targeted: Option<u32>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write a PNG grid of clean, perturbation and adversarial images.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+    /// Write x, x_adv, labels and predictions as safetensors.
+    #[arg(long)]
+    pub save_adversarials: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Comma-separated attacks: fgsm, pgd.
+    #[arg(long, default_value = "fgsm,pgd")]
+    pub attacks: String,
+    /// Comma-separated radii; 0 is the clean point.
+    #[arg(long, default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3")]
+    pub eps: String,
+    #[command(flatten)]
+    pub spec: Spec,
+    /// Write the accuracy-vs-ε curve as PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write the sweep as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the sweep's reports as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct GateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// fgsm or pgd.
+    #[arg(long, default_value = "pgd")]
+    pub attack: String,
+    /// Radius of the budget.
+    #[arg(long)]
+    pub eps: f32,
+    #[command(flatten)]
+    pub spec: Spec,
+    /// Smallest acceptable robust accuracy, in [0, 1].
+    #[arg(long)]
+    pub min_robust_accuracy: f64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A model with its test data, ready to attack.
+pub struct Loaded {
+    pub model: ZooModel,
+    pub model_name: String,
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub data_name: String,
+    pub batch_size: usize,
+}
+
+/// Comma-separated numbers.
+pub fn parse_list(text: &str, what: &str) -> Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .with_context(|| format!("--{what}: {v:?} is not a number"))
+        })
+        .collect()
+}
+
+/// Largest meaningful radius of `norm` for images of `dims` pixels in [0, 1].
+fn max_eps(norm: Norm, pixels: usize) -> f32 {
+    match norm {
+        Norm::Linf => 1.0,
+        Norm::L2 => (pixels as f32).sqrt(),
+        Norm::L1 => pixels as f32,
+    }
+}
+
+impl Spec {
+    /// The attack `name` at radius `eps` with these parameters.
+    pub fn build(&self, name: &str, eps: f32) -> Result<Box<dyn Attack>> {
+        let norm: Norm = self.norm.parse()?;
+        let limit = max_eps(norm, 28 * 28);
+        if !(eps.is_finite() && eps > 0.0 && eps <= limit) {
+            bail!("--eps {eps} is out of range: a {norm} budget on 28x28 images needs 0 < eps <= {limit}");
+        }
+        let budget = Budget::new(norm, eps)?;
+        Ok(match name {
+            "fgsm" => Box::new(Fgsm::new(budget)),
+            "pgd" => {
+                let mut pgd = Pgd::new(budget)
+                    .steps(self.steps)
+                    .restarts(self.restarts)
+                    .seed(self.seed)
+                    .random_start(!self.no_random_start)
+                    .early_stop(!self.no_early_stop);
+                if let Some(alpha) = self.step_size {
+                    pgd = pgd.step_size(alpha);
+                }
+                Box::new(pgd)
+            }
+            other => bail!("unknown attack {other:?}: expected fgsm or pgd"),
+        })
+    }
+}
+
+impl Common {
+    /// Load the model and the test images `[offset, offset + n)`, leaving out images of class
+    /// `skip_class` (a targeted attack's target).
+    pub fn load(&self, skip_class: Option<u32>) -> Result<Loaded> {
+        let device = perturb::device::parse(&self.device)?;
+        let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
+        let model = zoo::resolve(&self.model, arch, self.sha256.as_deref(), &device)?;
+        if self.n == 0 || self.batch_size == 0 {
+            bail!("--n and --batch-size must be at least 1");
+        }
+        let (images, labels) = Mnist::load_test_default(&device)?;
+        let (mut images, mut labels) = (images, labels);
+        if let Some(t) = skip_class {
+            if t >= 10 {
+                bail!("--targeted {t} is out of range: the model has 10 classes (0..=9)");
+            }
+            let keep: Vec<u32> = labels
+                .to_vec1::<u32>()?
+                .iter()
+                .enumerate()
+                .filter(|(_, &l)| l != t)
+                .map(|(i, _)| i as u32)
+                .collect();
+            let keep = Tensor::new(keep.as_slice(), &device)?;
+            images = images.index_select(&keep, 0)?;
+            labels = labels.index_select(&keep, 0)?;
+        }
+        let total = labels.dim(0)?;
+        let end = self.offset.checked_add(self.n).filter(|&e| e <= total);
+        let Some(end) = end else {
+            bail!(
+                "--offset {} --n {} asks for images past the {total} available MNIST test images",
+                self.offset,
+                self.n
+            );
+        };
+        let data_name = match skip_class {
+            None => format!("mnist-test[{}..{end}]", self.offset),
+            Some(t) => format!("mnist-test without class {t}[{}..{end}]", self.offset),
+        };
+        Ok(Loaded {
+            model,
+            model_name: self.model.clone(),
+            images: images.narrow(0, self.offset, self.n)?,
+            labels: labels.narrow(0, self.offset, self.n)?,
+            data_name,
+            batch_size: self.batch_size,
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! The `perturb` command line: a thin layer over the library.
+//!
+//! Exit codes: 0 success (for `gate`: the model holds), 1 the gate failed, 2 a usage or input
+//! error, printed as one line on stderr.
+
+mod args;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::Parser;
+use perturb::eval::Evaluator;
+use perturb::metrics::Report;
+use perturb::report::{self, GridRow};
+use perturb::{zoo, Attack};
+
+use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{line} (see perturb --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Models => models(),
+        Command::Attack(a) => attack(a),
+        Command::Eval(e) => eval(e),
+        Command::Gate(g) => gate(g),
+    }
+}
+
+fn models() -> Result<ExitCode> {
+    println!(
+        "{:<14} {:<13} {:<9} {:>16}  file",
+        "model", "arch", "checksum", "clean accuracy"
+    );
+    for s in zoo::SHIPPED {
+        let path = zoo::models_dir().join(s.file);
+        let status = match (std::fs::read(&path), zoo::pinned_sha256(s.file)) {
+            (Err(_), _) => "missing",
+            (Ok(_), None) => "unpinned",
+            (Ok(bytes), Some(pin)) if zoo::sha256_hex(&bytes) == pin => "ok",
+            (Ok(_), Some(_)) => "MISMATCH",
+        };
+        let clean = zoo::card(s.name)
+            .ok()
+            .and_then(|c| {
+                c.get("clean_test_correct")
+                    .and_then(|v| zoo::parse_count(v))
+            })
+            .map(|(a, b)| format!("{:.2} %", 100.0 * a as f64 / b as f64))
+            .unwrap_or_else(|| "?".into());
+        println!(
+            "{:<14} {:<13} {:<9} {:>16}  {}",
+            s.name,
+            s.arch.to_string(),
+            status,
+            clean,
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(r: &Report) -> String {
+    let target = r
+        .attack
+        .target
+        .map(|t| format!(" toward {t}"))
+        .unwrap_or_default();
+    format!(
+        "{} · {} {} eps {}{} · {} samples: clean {:.2} %, robust {:.2} %, attack success {:.2} %, \
+         mean |delta| {:.4}, {} gradient evals, {:.1} s",
+        r.model,
+        r.attack.name,
+        r.attack.norm,
+        r.attack.eps,
+        target,
+        r.samples,
+        100.0 * r.clean_accuracy,
+        100.0 * r.robust_accuracy,
+        100.0 * r.attack_success_rate,
+        r.perturbation.mean,
+        r.gradient_evals,
+        r.wall_time_s
+    )
+}
+
+fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
+    Ok(
+        Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
+            .model_name(loaded.model_name.clone())
+            .data_name(loaded.data_name.clone())
+            .batch_size(loaded.batch_size)
+            .progress(progress),
+    )
+}
+
+fn attack(a: AttackArgs) -> Result<ExitCode> {
+    let loaded = a.common.load(a.targeted)?;
+    let attack = a.spec.build(&a.attack, a.eps)?;
+    let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), a.targeted)?;
+    println!("{}", summary(&run.report));
+    if let Some(path) = &a.json {
+        report::write_json(&run.report, path)?;
+    }
+    if let Some(path) = &a.csv {
+        report::write_csv(std::slice::from_ref(&run.report), path)?;
+    }
+    if let Some(path) = &a.save_adversarials {
+        let o = &run.outcome;
+        report::save_adversarials(
+            &loaded.images,
+            &run.x_adv,
+            &o.labels,
+            &o.clean_predictions,
+            &o.adversarial_predictions,
+            path,
+        )?;
+    }
+    if let Some(path) = &a.grid {
+        grid(&loaded.images, &run.x_adv, &run.outcome, path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Up to 8 rows, successful attacks first.
+fn grid(x: &Tensor, x_adv: &Tensor, o: &perturb::metrics::Outcome, path: &Path) -> Result<()> {
+    let mut order: Vec<usize> = (0..o.labels.len()).filter(|&i| o.success[i]).collect();
+    order.extend((0..o.labels.len()).filter(|&i| !o.success[i]));
+    let rows: Vec<GridRow> = order
+        .into_iter()
+        .take(8)
+        .map(|i| GridRow {
+            index: i,
+            label: o.labels[i],
+            clean: o.clean_predictions[i],
+            adversarial: o.adversarial_predictions[i],
+        })
+        .collect();
+    Ok(report::image_grid(x, x_adv, &rows, path)?)
+}
+
+fn eval(e: EvalArgs) -> Result<ExitCode> {
+    let loaded = e.common.load(None)?;
+    let eps = args::parse_list(&e.eps, "eps")?;
+    if eps.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+        bail!("--eps: every value must be finite and >= 0");
+    }
+    let names: Vec<&str> = e.attacks.split(',').map(str::trim).collect();
+    // Build every (attack, ε) once up front so that a bad value fails before any compute; the
+    // sweep then sets each ε on the first positive one.
+    let positive: Vec<f32> = eps.iter().copied().filter(|v| *v > 0.0).collect();
+    for name in &names {
+        for &v in &positive {
+            e.spec.build(name, v)?;
+        }
+    }
+    let reference = positive.first().copied().unwrap_or(0.1);
+    let attacks: Vec<Box<dyn Attack>> = names
+        .iter()
+        .map(|name| e.spec.build(name, reference))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&dyn Attack> = attacks.iter().map(|a| a.as_ref()).collect();
+    let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
+    println!(
+        "{:<8} {:<5} {:>8} {:>10} {:>10}",
+        "attack", "norm", "eps", "clean", "robust"
+    );
+    for r in &sweep.reports {
+        println!(
+            "{:<8} {:<5} {:>8} {:>9.2}% {:>9.2}%",
+            r.attack.name,
+            r.attack.norm.to_string(),
+            r.attack.eps,
+            100.0 * r.clean_accuracy,
+            100.0 * r.robust_accuracy
+        );
+    }
+    if refs.len() > 1 {
+        for p in &sweep.worst_case {
+            println!(
+                "worst case at eps {}: {:.2} %",
+                p.eps,
+                100.0 * p.robust_accuracy
+            );
+        }
+    }
+    for w in &sweep.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(path) = &e.json {
+        report::write_json(&sweep, path)?;
+    }
+    if let Some(path) = &e.csv {
+        report::write_csv(&sweep.reports, path)?;
+    }
+    if let Some(path) = &e.plot {
+        report::plot_curve(&sweep, path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gate(g: GateArgs) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&g.min_robust_accuracy) {
+        bail!(
+            "--min-robust-accuracy {} must lie in [0, 1]",
+            g.min_robust_accuracy
+        );
+    }
+    let loaded = g.common.load(None)?;
+    let attack = g.spec.build(&g.attack, g.eps)?;
+    let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref(), None)?;
+    let r = &run.report;
+    if let Some(path) = &g.json {
+        report::write_json(r, path).context("writing the gate's report")?;
+    }
+    let held = r.robust_accuracy >= g.min_robust_accuracy;
+    println!(
+        "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {} {} eps {})",
+        if held { "PASS" } else { "FAIL" },
+        r.robust_accuracy,
+        r.robust_correct,
+        r.samples,
+        if held { ">=" } else { "<" },
+        g.min_robust_accuracy,
+        r.model,
+        r.attack.name,
+        r.attack.norm,
+        r.attack.eps
+    );
+    Ok(if held {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
