@@ -31,9 +31,14 @@ fn main() -> ExitCode {
                 print!("{e}");
                 return ExitCode::SUCCESS;
             }
+            // clap's message, without its usage block, on one line.
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{line} (see perturb --help)");
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see perturb --help)", line.join(" "));
             return ExitCode::from(2);
         }
     };

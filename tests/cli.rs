@@ -1,0 +1,482 @@
+//! The `perturb` binary, run as a user runs it: every subcommand, its JSON against the library's
+//! own numbers, an independent recount from saved adversarials, the gate's exit codes, and one
+//! clear line with exit code 2 for every bad argument.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Module, Tensor};
+use perturb::data::Mnist;
+use perturb::eval::Evaluator;
+use perturb::metrics::{Report, Sweep};
+use perturb::{zoo, Budget, Pgd};
+
+fn perturb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(args)
+        .output()
+        .expect("run the perturb binary")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("perturb-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Predicted classes straight from candle, independent of perturb's own evaluation code.
+fn argmax(model: &impl Module, x: &Tensor) -> Vec<u32> {
+    model
+        .forward(x)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Width and height of a PNG, decoding it fully.
+fn png_size(path: &Path) -> (u32, u32) {
+    let img = image::open(path).expect("a valid image");
+    (img.width(), img.height())
+}
+
+mod models {
+    use super::*;
+
+    #[test]
+    fn lists_every_shipped_model_with_a_verified_checksum() {
+        let out = perturb(&["models"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        for s in zoo::SHIPPED {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(s.name))
+                .unwrap_or_else(|| panic!("{} missing in\n{stdout}", s.name));
+            assert!(line.contains(" ok "), "{line}");
+            assert!(line.contains('%'), "{line}");
+        }
+    }
+}
+
+mod attack {
+    use super::*;
+
+    const ARGS: [&str; 16] = [
+        "attack",
+        "--model",
+        "mnist-cnn",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "5",
+        "--step-size",
+        "0.03",
+        "--seed",
+        "3",
+        "--n",
+        "48",
+        "--quiet",
+    ];
+
+    #[test]
+    fn json_equals_the_library_and_saved_adversarials_recount_it() {
+        let (json, adv, grid, csv) = (
+            tmp("attack.json"),
+            tmp("adv.safetensors"),
+            tmp("grid.png"),
+            tmp("attack.csv"),
+        );
+        let mut args = ARGS.to_vec();
+        let paths = [&json, &adv, &grid, &csv].map(|p| p.to_str().unwrap().to_string());
+        args.extend([
+            "--json",
+            &paths[0],
+            "--save-adversarials",
+            &paths[1],
+            "--grid",
+            &paths[2],
+            "--csv",
+            &paths[3],
+        ]);
+        let out = perturb(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report: Report = read_json(&json);
+        assert_eq!(report.schema_version, perturb::metrics::SCHEMA_VERSION);
+
+        // The library's own numbers for the same run.
+        let dev = Device::Cpu;
+        let model = zoo::load("mnist-cnn", &dev).unwrap();
+        let (images, labels) = Mnist::load_test_default(&dev).unwrap();
+        let (x, y) = (
+            images.narrow(0, 0, 48).unwrap(),
+            labels.narrow(0, 0, 48).unwrap(),
+        );
+        let pgd = Pgd::new(Budget::linf(0.1).unwrap())
+            .steps(5)
+            .step_size(0.03)
+            .seed(3)
+            .early_stop(true);
+        let lib = Evaluator::new(&model, &x, &y)
+            .unwrap()
+            .run(&pgd, None)
+            .unwrap()
+            .report;
+        assert_eq!(
+            (
+                report.clean_correct,
+                report.robust_correct,
+                report.successes
+            ),
+            (lib.clean_correct, lib.robust_correct, lib.successes)
+        );
+        assert_eq!(report.gradient_evals, lib.gradient_evals);
+        assert_eq!(report.perturbation, lib.perturbation);
+        assert_eq!(report.attack.params, lib.attack.params);
+        assert!(
+            report.robust_correct < report.clean_correct,
+            "the attack did something"
+        );
+
+        // Independent recount from the saved adversarials: re-classify, re-check every budget.
+        let saved = candle_core::safetensors::load(&adv, &dev).unwrap();
+        let (xs, xa) = (&saved["x"], &saved["x_adv"]);
+        let labels = saved["labels"].to_vec1::<u32>().unwrap();
+        assert_eq!(labels, y.to_vec1::<u32>().unwrap());
+        assert_eq!(
+            xs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let clean = argmax(&model, xs);
+        let adv_pred = argmax(&model, xa);
+        assert_eq!(
+            adv_pred,
+            saved["adversarial_predictions"].to_vec1::<u32>().unwrap()
+        );
+        let robust = (0..48)
+            .filter(|&i| clean[i] == labels[i] && adv_pred[i] == labels[i])
+            .count();
+        assert_eq!(robust, report.robust_correct);
+        let (a, b) = (
+            xs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            xa.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        for (p, q) in a.iter().zip(&b) {
+            assert!((q - p).abs() <= 0.1 + 1e-6 && (0.0..=1.0).contains(q));
+        }
+
+        let (gw, gh) = png_size(&grid);
+        assert_eq!((gw, gh), perturb::report::grid_size(8, 28, 28));
+        let csv = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(csv.lines().count(), 2);
+        assert!(csv.lines().nth(1).unwrap().starts_with("mnist-cnn,"));
+    }
+
+    #[test]
+    fn targeted_attack_skips_the_target_class_and_reports_it() {
+        let json = tmp("targeted.json");
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.2",
+            "--steps",
+            "10",
+            "--targeted",
+            "3",
+            "--n",
+            "30",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report: Report = read_json(&json);
+        assert_eq!(report.attack.target, Some(3));
+        assert_eq!(report.samples, 30);
+        assert!(report.successes > 0 && report.successes <= report.clean_correct);
+    }
+}
+
+mod eval {
+    use super::*;
+
+    #[test]
+    fn sweep_json_plot_and_monotone_pgd_curve() {
+        let (json, plot) = (tmp("sweep.json"), tmp("curve.png"));
+        let out = perturb(&[
+            "eval",
+            "--model",
+            "mnist-cnn",
+            "--attacks",
+            "fgsm,pgd",
+            "--eps",
+            "0,0.1,0.2,0.3",
+            "--n",
+            "40",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let sweep: Sweep = read_json(&json);
+        assert_eq!(sweep.reports.len(), 8);
+        let pgd: Vec<usize> = sweep
+            .reports
+            .iter()
+            .filter(|r| r.attack.name == "pgd")
+            .map(|r| r.robust_correct)
+            .collect();
+        assert!(pgd.windows(2).all(|w| w[1] <= w[0]), "{pgd:?}");
+        assert_eq!(
+            sweep.reports[0].robust_correct,
+            sweep.reports[0].clean_correct
+        );
+        // worst case never exceeds any single attack
+        for (e, p) in sweep.worst_case.iter().enumerate() {
+            for a in 0..2 {
+                assert!(p.robust_accuracy <= sweep.reports[a * 4 + e].robust_accuracy);
+            }
+        }
+        assert_eq!(png_size(&plot), perturb::report::CURVE_SIZE);
+        assert!(text(&out.stdout).contains("worst case"));
+    }
+}
+
+mod gate {
+    use super::*;
+
+    fn gate(min: &str) -> Output {
+        perturb(&[
+            "gate",
+            "--model",
+            "mnist-cnn",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "5",
+            "--n",
+            "32",
+            "--quiet",
+            "--min-robust-accuracy",
+            min,
+        ])
+    }
+
+    #[test]
+    fn exit_codes_pass_fail_and_error() {
+        let pass = gate("0.2");
+        assert_eq!(pass.status.code(), Some(0), "{}", text(&pass.stderr));
+        assert!(text(&pass.stdout).starts_with("PASS"));
+        let fail = gate("0.99");
+        assert_eq!(fail.status.code(), Some(1), "{}", text(&fail.stderr));
+        assert!(text(&fail.stdout).starts_with("FAIL"));
+        assert_eq!(text(&fail.stdout).lines().count(), 1);
+        let error = gate("1.5");
+        assert_eq!(error.status.code(), Some(2));
+    }
+}
+
+mod bad_arguments {
+    use super::*;
+
+    /// Exit code 2, exactly one line on stderr mentioning `needle`, no panic.
+    fn rejects(args: &[&str], needle: &str) {
+        let out = perturb(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    fn attack_with(extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["attack", "--attack", "fgsm", "--n", "4", "--quiet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn rejects_attack(extra: &[&str], needle: &str) {
+        let args = attack_with(extra);
+        rejects(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    }
+
+    #[test]
+    fn unknown_model() {
+        rejects_attack(&["--model", "resnet-9000", "--eps", "0.1"], "unknown model");
+    }
+
+    #[test]
+    fn unreadable_or_malformed_weights() {
+        let junk = tmp("junk.safetensors");
+        std::fs::write(&junk, b"not a safetensors file").unwrap();
+        let p = junk.to_str().unwrap();
+        rejects_attack(
+            &["--model", p, "--arch", "small-cnn", "--eps", "0.1"],
+            "weights",
+        );
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        rejects_attack(
+            &["--model", d, "--arch", "small-cnn", "--eps", "0.1"],
+            "error",
+        );
+        rejects_attack(&["--model", p, "--eps", "0.1"], "arch");
+    }
+
+    #[test]
+    fn tampered_weights() {
+        let original = zoo::models_dir().join("mnist-linear.safetensors");
+        let mut bytes = std::fs::read(&original).unwrap();
+        let pin = zoo::sha256_hex(&bytes);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let copy = tmp("tampered.safetensors");
+        std::fs::write(&copy, &bytes).unwrap();
+        let p = copy.to_str().unwrap();
+        rejects_attack(
+            &[
+                "--model",
+                p,
+                "--arch",
+                "mnist-linear",
+                "--sha256",
+                &pin,
+                "--eps",
+                "0.1",
+            ],
+            "sha256",
+        );
+    }
+
+    #[test]
+    fn eps_out_of_range() {
+        rejects_attack(&["--model", "mnist-linear", "--eps", "1.5"], "out of range");
+        rejects_attack(&["--model", "mnist-linear", "--eps=-0.1"], "out of range");
+        rejects_attack(&["--model", "mnist-linear", "--eps", "nan"], "out of range");
+        rejects(
+            &[
+                "eval",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0,2",
+                "--n",
+                "4",
+                "--quiet",
+            ],
+            "out of range",
+        );
+        rejects(
+            &[
+                "eval",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0,x",
+                "--n",
+                "4",
+                "--quiet",
+            ],
+            "not a number",
+        );
+    }
+
+    #[test]
+    fn n_larger_than_the_data_set() {
+        rejects(
+            &[
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--n",
+                "20000",
+            ],
+            "10000",
+        );
+    }
+
+    #[test]
+    fn cuda_without_the_feature() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        rejects_attack(
+            &[
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--device",
+                "cuda",
+            ],
+            "cuda",
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        rejects(&["attack", "--model", "mnist-linear"], "--eps");
+        rejects(&["frobnicate"], "frobnicate");
+        rejects_attack(
+            &["--model", "mnist-linear", "--eps", "0.1", "--norm", "l3"],
+            "norm",
+        );
+        rejects(
+            &[
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--attack",
+                "cw",
+            ],
+            "unknown attack",
+        );
+        rejects_attack(
+            &[
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--targeted",
+                "12",
+            ],
+            "targeted",
+        );
+    }
+
+    #[test]
+    fn help_lists_examples_and_exits_zero() {
+        let out = perturb(&["--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        for sub in ["models", "attack", "eval", "gate", "Examples:"] {
+            assert!(help.contains(sub), "{help}");
+        }
+    }
+}
