@@ -5,6 +5,7 @@
 //! gradient by 4 and a two-pool CNN's gradient comes out 16 times too small. [`max_pool2d`] here
 //! routes the gradient to the maximum of each window (split evenly among ties).
 
+mod conv_cpu;
 mod max_pool_cpu;
 
 use candle_core::{DType, Module, Tensor};
@@ -94,5 +95,105 @@ impl MaxPool2d {
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         max_pool2d(x, self.kernel, self.stride)
+    }
+}
+
+/// A 2-D convolution layer that computes the input gradient fast when its weights are constants.
+///
+/// With constant (non-[`Var`](candle_core::Var)) `f32` weights on the CPU, stride 1, no dilation,
+/// one group and padding smaller than the kernel, the forward pass is im2col plus one GEMM per
+/// sample, and the backward pass computes only the input gradient, as one more such convolution
+/// (see `conv_cpu.rs`): no weight gradient, no `conv_transpose2d`. In every other case (weights
+/// being trained, other devices or configurations) it is candle-nn's `Conv2d` with stock
+/// autograd. Values and gradients agree with candle-nn to float rounding.
+///
+/// ```
+/// use candle_core::{Device, Module, Tensor, Var};
+/// use candle_nn::Conv2dConfig;
+/// let dev = Device::Cpu;
+/// let w = Tensor::arange(0f32, 18.0, &dev)?.reshape((2, 1, 3, 3))?;
+/// let b = Tensor::new(&[0.5f32, -1.0], &dev)?;
+/// let fast = perturb::layers::Conv2d::new(w.clone(), Some(b.clone()), Conv2dConfig::default())?;
+/// assert!(fast.is_fast());
+/// let stock = candle_nn::Conv2d::new(w, Some(b), Conv2dConfig::default());
+/// let x = Var::new(&[[[[0.1f32, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 1.0, 0.0, 0.1],
+///                      [0.2, 0.3, 0.4, 0.5]]]], &dev)?;
+/// let (a, b) = (fast.forward(&x)?, stock.forward(&x)?);
+/// assert!((a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// let ga = fast.forward(&x)?.sum_all()?.backward()?;
+/// let gb = stock.forward(&x)?.sum_all()?.backward()?;
+/// let diff = (ga.get(&x).unwrap() - gb.get(&x).unwrap())?.abs()?.max_all()?;
+/// assert!(diff.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    stock: candle_nn::Conv2d,
+    fast: Option<conv_cpu::ConstConv>,
+}
+
+impl Conv2d {
+    /// A convolution with `weight` `[O, C, KH, KW]`, an optional `bias` `[O]` and `config`.
+    ///
+    /// # Errors
+    /// When the weights cannot be copied to the host.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        config: candle_nn::Conv2dConfig,
+    ) -> candle_core::Result<Self> {
+        let constant =
+            |t: &Tensor| !t.is_variable() && t.device().is_cpu() && t.dtype() == DType::F32;
+        let eligible = constant(&weight)
+            && bias.as_ref().is_none_or(constant)
+            && config.stride == 1
+            && config.dilation == 1
+            && config.groups == 1
+            && weight.rank() == 4;
+        let fast = if eligible {
+            let dims = weight.dims4()?;
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            let b = bias
+                .as_ref()
+                .map(|b| b.flatten_all()?.to_vec1::<f32>())
+                .transpose()?;
+            let pad = (config.padding, config.padding);
+            conv_cpu::ConstConv::new(w, b, [dims.0, dims.1, dims.2, dims.3], pad)
+        } else {
+            None
+        };
+        Ok(Self {
+            stock: candle_nn::Conv2d::new(weight, bias, config),
+            fast,
+        })
+    }
+
+    /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The equivalent candle-nn layer.
+    pub fn stock(&self) -> &candle_nn::Conv2d {
+        &self.stock
+    }
+}
+
+impl TryFrom<candle_nn::Conv2d> for Conv2d {
+    type Error = candle_core::Error;
+
+    fn try_from(conv: candle_nn::Conv2d) -> candle_core::Result<Self> {
+        Conv2d::new(conv.weight().clone(), conv.bias().cloned(), *conv.config())
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.fast {
+            Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1(op.clone())
+            }
+            _ => self.stock.forward(x),
+        }
     }
 }

@@ -17,9 +17,9 @@
 use std::collections::HashMap;
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use candle_nn::{Conv2dConfig, Linear};
 
-use crate::layers::max_pool2d;
+use crate::layers::{max_pool2d, Conv2d};
 
 /// One parameter tensor of an architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +108,7 @@ impl SmallCnn {
         let conv = |i: usize| -> Option<Conv2d> {
             let w = t.get(&format!("features.{i}.weight"))?.clone();
             let b = t.get(&format!("features.{i}.bias"))?.clone();
-            Some(Conv2d::new(w, Some(b), Conv2dConfig::default()))
+            Conv2d::new(w, Some(b), Conv2dConfig::default()).ok()
         };
         let fc = |i: usize| -> Option<Linear> {
             let w = t.get(&format!("classifier.{i}.weight"))?.clone();

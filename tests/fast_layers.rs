@@ -1,0 +1,147 @@
+//! The constant-weight convolution (`perturb::layers::Conv2d`): values and input gradients equal
+//! stock candle's, on random layers and on every shipped model.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Module, Tensor, Var};
+use candle_nn::Conv2dConfig;
+use perturb::data::Mnist;
+use perturb::{loss_and_grad, zoo, Goal, Loss};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn random_layers_match_candle_nn_in_value_and_input_gradient() {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(42);
+    // (batch, in, out, kernel, padding, height, width)
+    let cases = [
+        (1, 1, 4, 3, 0, 7, 9),
+        (3, 2, 5, 3, 1, 6, 6),
+        (2, 3, 2, 5, 2, 8, 7),
+        (4, 4, 8, 1, 0, 5, 5),
+        (2, 2, 3, 3, 2, 4, 4),
+        (5, 6, 7, 2, 1, 6, 3),
+    ];
+    for (n, c, o, k, p, h, w) in cases {
+        let weight = Tensor::from_vec(
+            common::uniform(&mut rng, o * c * k * k, 0.5),
+            (o, c, k, k),
+            &dev,
+        )
+        .unwrap();
+        let bias = Tensor::from_vec(common::uniform(&mut rng, o, 0.5), o, &dev).unwrap();
+        let config = Conv2dConfig {
+            padding: p,
+            ..Default::default()
+        };
+        let fast =
+            perturb::layers::Conv2d::new(weight.clone(), Some(bias.clone()), config).unwrap();
+        assert!(fast.is_fast());
+        let stock = candle_nn::Conv2d::new(weight, Some(bias), config);
+        let x = Var::from_tensor(
+            &Tensor::from_vec(common::pixels(&mut rng, n * c * h * w), (n, c, h, w), &dev).unwrap(),
+        )
+        .unwrap();
+        let (yf, ys) = (fast.forward(&x).unwrap(), stock.forward(&x).unwrap());
+        assert_eq!(yf.dims(), ys.dims());
+        assert!(max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0));
+        // a non-uniform upstream gradient: weight the outputs before summing
+        let r = Tensor::from_vec(
+            common::uniform(&mut rng, ys.elem_count(), 1.0),
+            ys.dims(),
+            &dev,
+        )
+        .unwrap();
+        let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
+        let err = max_abs_diff(gf, gs);
+        assert!(
+            err <= 1e-5 * max_abs(gs).max(1.0),
+            "case {:?}: {err}",
+            (n, c, o, k, p, h, w)
+        );
+    }
+}
+
+#[test]
+fn trained_weights_keep_stock_autograd() {
+    // Variables (weights being trained) take candle-nn's path, which has weight gradients.
+    let dev = Device::Cpu;
+    let w = Var::ones((2, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    let conv =
+        perturb::layers::Conv2d::new(w.as_tensor().clone(), None, Default::default()).unwrap();
+    assert!(!conv.is_fast());
+    let x = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &dev).unwrap();
+    let grads = conv
+        .forward(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(w.as_tensor()).is_some());
+}
+
+#[test]
+fn shipped_models_have_stock_gradients_to_1e_5() {
+    let dev = Device::Cpu;
+    let (images, labels) = Mnist::load_test_default(&dev).unwrap();
+    let (x, y) = (
+        images.narrow(0, 0, 16).unwrap(),
+        labels.narrow(0, 0, 16).unwrap(),
+    );
+    for s in zoo::SHIPPED {
+        let path = zoo::models_dir().join(s.file);
+        let fast = zoo::load(s.name, &dev).unwrap();
+        // The same weights as variables: every layer takes stock candle autograd.
+        let tensors = candle_core::safetensors::load(&path, &dev).unwrap();
+        let vars: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), Var::from_tensor(t).unwrap().as_tensor().clone()))
+            .collect();
+        let stock = s.arch.build(&vars, &path).unwrap();
+        let (lf, ls) = (fast.forward(&x).unwrap(), stock.forward(&x).unwrap());
+        assert!(
+            max_abs_diff(&lf, &ls) <= 1e-5 * max_abs(&ls).max(1.0),
+            "{}",
+            s.name
+        );
+        let goal = Goal::untargeted(&y);
+        let gf = loss_and_grad(&fast, &x, &goal, Loss::CrossEntropy).unwrap();
+        let gs = loss_and_grad(&stock, &x, &goal, Loss::CrossEntropy).unwrap();
+        let err = max_abs_diff(&gf.grad, &gs.grad);
+        let scale = max_abs(&gs.grad);
+        assert!(
+            scale > 0.0 && err <= 1e-5 * scale.max(1.0),
+            "{}: {err} vs {scale}",
+            s.name
+        );
+    }
+}
