@@ -1,83 +1,106 @@
-//! Attack cost on a small CNN (MNIST-sized input), batch 32, as criterion benches.
+//! Attack cost on every shipped model at batch 1, 32 and 128, as criterion benches.
 //!
 //! The figure to watch is attack time / (steps × one forward+backward): `loss_and_grad` is that
-//! unit. Threads follow RAYON_NUM_THREADS (state it when reporting numbers), e.g.
-//! `RAYON_NUM_THREADS=2 cargo bench --bench attacks`.
+//! unit. Inputs are the first MNIST test digits with their true labels, so early stopping sees a
+//! real success rate. `mnist-cnn/stock` is the same CNN with its weights as candle variables,
+//! i.e. candle's own autograd (weight gradients, `conv_transpose2d`), for comparison with the
+//! constant-weight fast layers the zoo uses.
+//!
+//! Threads follow RAYON_NUM_THREADS; state it with the numbers, e.g.
+//! `RAYON_NUM_THREADS=2 cargo bench --bench attacks`, or one group:
+//! `RAYON_NUM_THREADS=2 cargo bench --bench attacks -- 'mnist-cnn/b32'`.
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use std::collections::HashMap;
+
+use candle_core::{Device, Module, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use perturb::{loss_and_grad, Attack, Budget, Fgsm, Goal, Loss, Pgd};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use perturb::data::Mnist;
+use perturb::{loss_and_grad, zoo, Attack, Budget, Fgsm, Goal, Loss, Pgd};
 
-/// conv(1→32, 3×3) → ReLU → conv(32→64, 3×3) → ReLU → max-pool 2 → linear(→10), random weights.
-struct Cnn {
-    c1: Conv2d,
-    c2: Conv2d,
-    fc: Linear,
-}
-
-impl Cnn {
-    fn new() -> candle_core::Result<Self> {
-        let mut rng = StdRng::seed_from_u64(0);
-        let mut t = |shape: &[usize], s: f32| {
-            let n = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-s..=s)).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu)
-        };
-        let cfg = Conv2dConfig::default();
-        Ok(Self {
-            c1: Conv2d::new(t(&[32, 1, 3, 3], 0.3)?, Some(t(&[32], 0.1)?), cfg),
-            c2: Conv2d::new(t(&[64, 32, 3, 3], 0.06)?, Some(t(&[64], 0.1)?), cfg),
-            fc: Linear::new(t(&[10, 64 * 12 * 12], 0.01)?, Some(t(&[10], 0.1)?)),
+/// The shipped model `name` with its weights as variables: stock candle autograd everywhere.
+fn stock(name: &str) -> zoo::ZooModel {
+    let s = zoo::shipped(name).expect("shipped");
+    let path = zoo::models_dir().join(s.file);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).expect("weights");
+    let vars: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                Var::from_tensor(t).expect("var").as_tensor().clone(),
+            )
         })
-    }
-}
-
-impl Module for Cnn {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.c1.forward(x)?.relu()?;
-        let h = self.c2.forward(&h)?.relu()?;
-        let h = perturb::layers::max_pool2d(&h, 2, 2)?;
-        self.fc.forward(&h.flatten_from(1)?)
-    }
+        .collect();
+    s.arch.build(&vars, &path).expect("build")
 }
 
 fn benches(c: &mut Criterion) {
-    let model = Cnn::new().expect("model");
-    let n = 32;
-    let mut rng = StdRng::seed_from_u64(1);
-    let v: Vec<f32> = (0..n * 784).map(|_| rng.random::<f32>()).collect();
-    let x = Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).expect("input");
-    let y: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-    let goal = Goal::untargeted(&Tensor::new(y.as_slice(), &Device::Cpu).expect("labels"));
+    let dev = Device::Cpu;
+    let (images, labels) = Mnist::load_test_default(&dev).expect("mnist");
+    let models: Vec<(&str, zoo::ZooModel)> = vec![
+        (
+            "mnist-linear",
+            zoo::load("mnist-linear", &dev).expect("model"),
+        ),
+        ("mnist-cnn", zoo::load("mnist-cnn", &dev).expect("model")),
+        ("mnist-cnn/stock", stock("mnist-cnn")),
+    ];
     let budget = Budget::linf(0.1).expect("budget");
-    let mut g = c.benchmark_group("cnn_b32");
-    g.sample_size(10);
-    g.bench_function("forward", |b| {
-        b.iter(|| model.forward(&x).expect("forward"))
-    });
-    g.bench_function("loss_and_grad", |b| {
-        b.iter(|| loss_and_grad(&model, &x, &goal, Loss::CrossEntropy).expect("grad"))
-    });
     let fgsm = Fgsm::new(budget).check_gradient(false);
-    g.bench_function("fgsm", |b| {
-        b.iter(|| fgsm.run(&model, &x, &goal).expect("fgsm"))
-    });
-    let pgd = Pgd::new(budget).steps(10).check_gradient(false);
-    g.bench_function("pgd10_linf", |b| {
-        b.iter(|| pgd.run(&model, &x, &goal).expect("pgd"))
-    });
-    for (name, budget) in [
-        ("pgd10_l2", Budget::l2(1.0)),
+    let pgd10 = Pgd::new(budget).steps(10).check_gradient(false);
+    let pgd40 = Pgd::new(budget)
+        .steps(40)
+        .step_size(0.01)
+        .check_gradient(false);
+    let pgd40_es = pgd40.clone().early_stop(true);
+    for (name, model) in &models {
+        for n in [1usize, 32, 128] {
+            let x = images.narrow(0, 0, n).expect("x");
+            let goal = Goal::untargeted(&labels.narrow(0, 0, n).expect("y"));
+            let mut g = c.benchmark_group(format!("{name}/b{n}"));
+            g.sample_size(10);
+            g.bench_function("forward", |b| {
+                b.iter(|| model.forward(&x).expect("forward"))
+            });
+            g.bench_function("loss_and_grad", |b| {
+                b.iter(|| loss_and_grad(model, &x, &goal, Loss::CrossEntropy).expect("grad"))
+            });
+            if name.ends_with("stock") {
+                // the comparison point: one fwd+bwd and PGD-10 are enough
+                g.bench_function("pgd10", |b| {
+                    b.iter(|| pgd10.run(model, &x, &goal).expect("pgd"))
+                });
+                g.finish();
+                continue;
+            }
+            let attacks: [(&str, &dyn Attack); 4] = [
+                ("fgsm", &fgsm),
+                ("pgd10", &pgd10),
+                ("pgd40", &pgd40),
+                ("pgd40_early_stop", &pgd40_es),
+            ];
+            for (label, attack) in attacks {
+                g.bench_function(label, |b| {
+                    b.iter(|| attack.run(model, &x, &goal).expect("attack"))
+                });
+            }
+            g.finish();
+        }
+    }
+    // The other norms, once: their projections cost more than L∞'s clamp.
+    let (_, cnn) = &models[1];
+    let x = images.narrow(0, 0, 32).expect("x");
+    let goal = Goal::untargeted(&labels.narrow(0, 0, 32).expect("y"));
+    let mut g = c.benchmark_group("mnist-cnn/b32/norms");
+    g.sample_size(10);
+    for (label, budget) in [
+        ("pgd10_l2", Budget::l2(1.5)),
         ("pgd10_l1", Budget::l1(10.0)),
     ] {
         let pgd = Pgd::new(budget.expect("budget"))
             .steps(10)
             .check_gradient(false);
-        g.bench_function(name, |b| {
-            b.iter(|| pgd.run(&model, &x, &goal).expect("pgd"))
-        });
+        g.bench_function(label, |b| b.iter(|| pgd.run(cnn, &x, &goal).expect("pgd")));
     }
     g.finish();
 }

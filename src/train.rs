@@ -135,8 +135,15 @@ pub fn train(
             let y = labels.index_select(&idx, 0)?;
             let x = match attack {
                 Some(make) => {
+                    // The attack sees the current weights as constants, so it takes the
+                    // input-gradient-only fast layers instead of full autograd.
+                    let frozen: HashMap<String, Tensor> = vars
+                        .iter()
+                        .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
+                        .collect();
+                    let frozen = arch.build(&frozen, std::path::Path::new("<training>"))?;
                     let seed = batch_seed(cfg.seed, epoch, b);
-                    make(seed).run(&model, &x, &Goal::untargeted(&y))?.x_adv
+                    make(seed).run(&frozen, &x, &Goal::untargeted(&y))?.x_adv
                 }
                 None => x,
             };
