@@ -60,33 +60,44 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
             padding: p,
             ..Default::default()
         };
-        let fast =
-            perturb::layers::Conv2d::new(weight.clone(), Some(bias.clone()), config).unwrap();
-        assert!(fast.is_fast());
-        let stock = candle_nn::Conv2d::new(weight, Some(bias), config);
         let x = Var::from_tensor(
             &Tensor::from_vec(common::pixels(&mut rng, n * c * h * w), (n, c, h, w), &dev).unwrap(),
         )
         .unwrap();
-        let (yf, ys) = (fast.forward(&x).unwrap(), stock.forward(&x).unwrap());
-        assert_eq!(yf.dims(), ys.dims());
-        assert!(max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0));
-        // a non-uniform upstream gradient: weight the outputs before summing
-        let r = Tensor::from_vec(
-            common::uniform(&mut rng, ys.elem_count(), 1.0),
-            ys.dims(),
-            &dev,
-        )
-        .unwrap();
-        let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
-        let err = max_abs_diff(gf, gs);
-        assert!(
-            err <= 1e-5 * max_abs(gs).max(1.0),
-            "case {:?}: {err}",
-            (n, c, o, k, p, h, w)
-        );
+        for relu in [false, true] {
+            let mut fast =
+                perturb::layers::Conv2d::new(weight.clone(), Some(bias.clone()), config).unwrap();
+            if relu {
+                fast = fast.with_relu();
+            }
+            assert!(fast.is_fast());
+            let stock = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config);
+            let stock = |x: &Tensor| {
+                let y = stock.forward(x)?;
+                if relu {
+                    y.relu()
+                } else {
+                    Ok(y)
+                }
+            };
+            let (yf, ys) = (fast.forward(&x).unwrap(), stock(&x).unwrap());
+            assert_eq!(yf.dims(), ys.dims());
+            assert!(max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0));
+            // a non-uniform upstream gradient: weight the outputs before summing
+            let r = Tensor::from_vec(
+                common::uniform(&mut rng, ys.elem_count(), 1.0),
+                ys.dims(),
+                &dev,
+            )
+            .unwrap();
+            let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
+            let err = max_abs_diff(gf, gs);
+            let case = (n, c, o, k, p, h, w, relu);
+            assert!(err <= 1e-5 * max_abs(gs).max(1.0), "case {case:?}: {err}");
+            assert!(max_abs(gs) > 0.0, "case {case:?}: some unit must be active");
+        }
     }
 }
 

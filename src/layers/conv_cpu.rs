@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// A stride-1 convolution `[N, C, H, W]` → `[N, O, H + 2p − KH + 1, W + 2p − KW + 1]` with
@@ -27,6 +27,8 @@ pub(super) struct ConstConv {
     /// Zero padding, the same on every side (`ph` rows, `pw` columns).
     ph: usize,
     pw: usize,
+    /// A ReLU fused after the convolution (bias included).
+    relu: bool,
 }
 
 impl ConstConv {
@@ -52,7 +54,14 @@ impl ConstConv {
             kw,
             ph,
             pw,
+            relu: false,
         })
+    }
+
+    /// The same convolution followed by a ReLU, fused: one pass forward, and backward masks the
+    /// upstream gradient while it is copied (PyTorch's convention: zero gradient at 0).
+    pub(super) fn with_relu(self) -> Self {
+        Self { relu: true, ..self }
     }
 
     /// The convolution whose output is this one's input gradient: kernel flipped in space,
@@ -79,6 +88,7 @@ impl ConstConv {
             kw,
             ph: kh - 1 - self.ph,
             pw: kw - 1 - self.pw,
+            relu: false,
         }
     }
 
@@ -158,23 +168,17 @@ impl ConstConv {
                 gemm::Parallelism::None,
             );
         }
+        if self.relu {
+            for v in out[..self.o * ohw].iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
     }
-}
 
-impl CustomOp1 for ConstConv {
-    fn name(&self) -> &'static str {
-        "perturb-const-conv2d"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("const conv2d: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("const conv2d: input must be contiguous")
-        };
-        let x = &data[start..end];
-        let (n, c, h, w) = layout.shape().dims4()?;
+    /// Convolve a contiguous batch `[N, C, H, W]`; with `mask`, a tensor of the same shape, the
+    /// input is first zeroed wherever the mask is not positive.
+    fn batch(&self, x: &[f32], mask: Option<&[f32]>, dims: &Shape) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims.dims4()?;
         if c != self.c {
             candle_core::bail!(
                 "const conv2d: input has {c} channels, the kernel {}",
@@ -185,19 +189,90 @@ impl CustomOp1 for ConstConv {
             candle_core::bail!("const conv2d: a {h}x{w} input is smaller than the kernel")
         };
         let (in_len, out_len) = (c * h * w, self.o * oh * ow);
+        if x.len() != n * in_len || mask.is_some_and(|m| m.len() != x.len()) {
+            candle_core::bail!("const conv2d: input and mask sizes disagree")
+        }
         let mut out = vec![0f32; n * out_len];
         let col_len = c * self.kh * self.kw * oh * ow;
         out.par_chunks_mut(out_len.max(1))
-            .zip(x.par_chunks(in_len.max(1)))
+            .enumerate()
             .for_each_init(
-                || vec![0f32; col_len],
-                |col, (dst, src)| self.sample(src, (h, w), col, dst),
+                || {
+                    (
+                        vec![0f32; col_len],
+                        vec![0f32; if mask.is_some() { in_len } else { 0 }],
+                    )
+                },
+                |(col, masked), (i, dst)| {
+                    let src = &x[i * in_len..(i + 1) * in_len];
+                    match mask {
+                        Some(m) => {
+                            let m = &m[i * in_len..(i + 1) * in_len];
+                            for ((d, &g), &r) in masked.iter_mut().zip(src).zip(m) {
+                                *d = if r > 0.0 { g } else { 0.0 };
+                            }
+                            self.sample(masked, (h, w), col, dst);
+                        }
+                        None => self.sample(src, (h, w), col, dst),
+                    }
+                },
             );
         Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
     }
+}
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad_res.contiguous()?.apply_op1(self.input_gradient())?;
+/// The contiguous `f32` data of a storage.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("const conv2d: only f32 is supported")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("const conv2d: input must be contiguous")
+    };
+    Ok(&data[start..end])
+}
+
+/// Input gradient of a conv + ReLU: (upstream gradient, the layer's output) → the gradient
+/// convolution of the upstream gradient masked where the output is positive.
+struct ReluMaskedGrad(ConstConv);
+
+impl CustomOp2 for ReluMaskedGrad {
+    fn name(&self) -> &'static str {
+        "perturb-const-conv2d-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("const conv2d relu grad: gradient and output shapes differ")
+        }
+        let (g, r) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        self.0.batch(g, Some(r), l1.shape())
+    }
+}
+
+impl CustomOp1 for ConstConv {
+    fn name(&self) -> &'static str {
+        "perturb-const-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.batch(contiguous_f32(storage, layout)?, None, layout.shape())
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        let grad = if self.relu {
+            // Not differentiable again: attacks need first-order gradients only.
+            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMaskedGrad(self.input_gradient()))?
+        } else {
+            grad.apply_op1(self.input_gradient())?
+        };
         Ok(Some(grad))
     }
 }

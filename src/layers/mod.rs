@@ -130,6 +130,7 @@ impl Module for MaxPool2d {
 pub struct Conv2d {
     stock: candle_nn::Conv2d,
     fast: Option<conv_cpu::ConstConv>,
+    relu: bool,
 }
 
 impl Conv2d {
@@ -165,7 +166,20 @@ impl Conv2d {
         Ok(Self {
             stock: candle_nn::Conv2d::new(weight, bias, config),
             fast,
+            relu: false,
         })
+    }
+
+    /// The same layer followed by a ReLU. On the fast path the two are fused: one pass forward,
+    /// and the backward masks the upstream gradient while copying it (gradient 0 at 0, as
+    /// PyTorch; candle's own `relu` passes the gradient at exactly 0). The fused input gradient
+    /// is first-order only.
+    pub fn with_relu(self) -> Self {
+        Self {
+            fast: self.fast.map(conv_cpu::ConstConv::with_relu),
+            relu: true,
+            ..self
+        }
     }
 
     /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
@@ -193,6 +207,7 @@ impl Module for Conv2d {
             Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
                 x.contiguous()?.apply_op1(op.clone())
             }
+            _ if self.relu => self.stock.forward(x)?.relu(),
             _ => self.stock.forward(x),
         }
     }

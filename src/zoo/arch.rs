@@ -108,7 +108,9 @@ impl SmallCnn {
         let conv = |i: usize| -> Option<Conv2d> {
             let w = t.get(&format!("features.{i}.weight"))?.clone();
             let b = t.get(&format!("features.{i}.bias"))?.clone();
-            Conv2d::new(w, Some(b), Conv2dConfig::default()).ok()
+            Conv2d::new(w, Some(b), Conv2dConfig::default())
+                .ok()
+                .map(Conv2d::with_relu)
         };
         let fc = |i: usize| -> Option<Linear> {
             let w = t.get(&format!("classifier.{i}.weight"))?.clone();
@@ -125,9 +127,10 @@ impl SmallCnn {
 impl Module for SmallCnn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [c1, c2, c3, c4] = &self.convs;
-        let h = c2.forward(&c1.forward(x)?.relu()?)?.relu()?;
+        // each convolution carries its ReLU (fused on the fast path)
+        let h = c2.forward(&c1.forward(x)?)?;
         let h = max_pool2d(&h, 2, 2)?;
-        let h = c4.forward(&c3.forward(&h)?.relu()?)?.relu()?;
+        let h = c4.forward(&c3.forward(&h)?)?;
         let h = max_pool2d(&h, 2, 2)?.flatten_from(1)?;
         let [f1, f2, f3] = &self.fcs;
         f3.forward(&f2.forward(&f1.forward(&h)?.relu()?)?.relu()?)
