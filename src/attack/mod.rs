@@ -4,9 +4,14 @@
 //! device, and returns points inside its budget and the pixel box.
 
 mod fgsm;
+mod patch;
 mod pgd;
 
 pub use fgsm::Fgsm;
+pub use patch::{
+    apply_patch, Patch, PatchApplication, PatchAttack, PatchEvaluation, PatchOptimizer, PatchShape,
+    PatchTraining, Placement, Region, Transforms,
+};
 pub use pgd::Pgd;
 
 use candle_core::Tensor;

@@ -82,6 +82,17 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The whole pixel box `[0, 1]` as an L∞ ball of radius 1: the budget of attacks that may
+    /// change the pixels they touch arbitrarily (patches).
+    pub(crate) fn full_box() -> Self {
+        Self {
+            norm: Norm::Linf,
+            eps: 1.0,
+            lo: 0.0,
+            hi: 1.0,
+        }
+    }
+
     /// A budget of radius `eps` in `norm` with the pixel box `[0, 1]`.
     ///
     /// # Errors
