@@ -260,7 +260,10 @@ mod files {
         patch.save_png(&png, 1).unwrap();
         let back = Patch::load_png(&png, 3, PatchShape::Circle, &dev()).unwrap();
         let bytes = |t: &Tensor| -> Vec<u8> {
-            values(t).iter().map(|v| (v * 255.0).round() as u8).collect()
+            values(t)
+                .iter()
+                .map(|v| (v * 255.0).round() as u8)
+                .collect()
         };
         assert_eq!(bytes(back.pixels()), bytes(patch.pixels()));
         let st = dir.join("patch.safetensors");

@@ -9,8 +9,8 @@ mod pgd;
 
 pub use fgsm::Fgsm;
 pub use patch::{
-    apply_patch, Patch, PatchApplication, PatchAttack, PatchEvaluation, PatchOptimizer, PatchShape,
-    PatchTraining, Placement, Region, Transforms,
+    apply_patch, random_placement, Patch, PatchApplication, PatchAttack, PatchEvaluation,
+    PatchOptimizer, PatchShape, PatchTraining, Placement, Region, Transforms,
 };
 pub use pgd::Pgd;
 

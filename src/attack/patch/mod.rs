@@ -338,6 +338,31 @@ pub(crate) fn paste(
     Ok(images.broadcast_mul(&keep)?.add(&pasted)?)
 }
 
+/// A placement of a `side × side` patch on an `h × w` image drawn as training draws them: in
+/// `region`, with scale and rotation from `transforms` (colour changes are not placements).
+///
+/// ```
+/// use perturb::attack::{random_placement, Region, Transforms};
+/// use rand::SeedableRng;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let p = random_placement(&mut rng, 8, (28, 28), Region::Anywhere, Transforms::default())?;
+/// assert!(p.cy >= 4.0 && p.cy <= 24.0 && p.scale == 1.0);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for invalid ranges or a region the patch does not fit.
+pub fn random_placement<R: Rng + ?Sized>(
+    rng: &mut R,
+    side: usize,
+    image: (usize, usize),
+    region: Region,
+    transforms: Transforms,
+) -> Result<Placement> {
+    transforms.check()?;
+    Ok(transforms.draw(rng, region, (side, side), image)?.placement)
+}
+
 /// Paste `patch` on every image of `images` (`[B, C, H, W]` in [0, 1]) at `placements` (one
 /// per image), without colour changes: usable without training, e.g. to test a model against a
 /// saved patch. With [`Placement::at`] the paste is exact: patch pixels where the mask is 1,
