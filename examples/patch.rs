@@ -7,7 +7,7 @@
 //! cargo run --release --example patch -- --steps 100 --areas 0.154,0.216 --targets 8
 //! ```
 //! Flags (defaults): `--model mnist-cnn`, `--areas 0.05,0.082,0.154,0.216,0.25`, `--targets 0,8`,
-//! `--steps 1000`, `--batch-size 128`, `--lr 0.05`, `--rotation 20`, `--eval 1200` (first test
+//! `--steps 1000`, `--batch-size 128`, `--lr 0.1` (Adam), `--rotation 20`, `--eval 1200` (first test
 //! images; those of the target class are skipped), `--seed 0`, `--out patch_out`,
 //! `--no-sticker`. Patches train on the 60,000 training images, placed anywhere, rotated ±20°.
 //! Writes `patch_curve.json`, `patch.png` (the largest target-8 patch, 8× enlarged), a grid of
@@ -79,7 +79,7 @@ fn grid(
 fn main() -> Result<()> {
     let mut model_name = "mnist-cnn".to_string();
     let (mut areas, mut targets) = (vec![0.05f32, 0.082, 0.154, 0.216, 0.25], vec![0u32, 8]);
-    let (mut steps, mut batch, mut lr, mut rotation) = (1000usize, 128usize, 0.05f32, 20f32);
+    let (mut steps, mut batch, mut lr, mut rotation) = (1000usize, 128usize, 0.1f32, 20f32);
     let (mut eval_n, mut seed, mut out, mut sticker) =
         (1200usize, 0u64, PathBuf::from("patch_out"), true);
     let mut it = std::env::args().skip(1);

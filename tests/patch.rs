@@ -337,3 +337,63 @@ mod errors {
         assert!(adv.norms.iter().all(|n| *n <= 1.0));
     }
 }
+
+mod on_mnist {
+    //! Smaller versions of `examples/patch.rs` on the shipped CNN, with bounds stated from the
+    //! full runs (README, "Adversarial patches").
+    use super::*;
+    use perturb::data::Mnist;
+
+    fn data() -> (perturb::zoo::ZooModel, Mnist) {
+        let model = perturb::zoo::load("mnist-cnn", &dev()).unwrap();
+        (model, Mnist::load_default(&dev()).unwrap())
+    }
+
+    #[test]
+    fn centre_sticker_turns_held_out_digits_into_zeros() {
+        let (model, mnist) = data();
+        let side = 12;
+        let top = (28 - side) / 2;
+        let attack = PatchAttack::new(0, (side * side) as f32 / 784.0)
+            .region(Region::Fixed { top, left: top })
+            .optimizer(PatchOptimizer::Adam { lr: 0.1 })
+            .steps(300)
+            .batch_size(64);
+        let train = mnist.train_images.narrow(0, 0, 20_000).unwrap();
+        let trained = attack.train(&model, &train).unwrap();
+        assert_eq!(trained.patch.side(), side);
+        let (x, y) = (
+            mnist.test_images.narrow(0, 0, 1000).unwrap(),
+            mnist.test_labels.narrow(0, 0, 1000).unwrap(),
+        );
+        let e = attack.evaluate(&model, &trained.patch, &x, &y, 1).unwrap();
+        println!("sticker: {e:?}");
+        assert!(e.images > 850);
+        assert!(e.success_rate >= 0.95, "{e:?}");
+        assert!(e.noise_success_rate <= 0.05, "{e:?}");
+    }
+
+    #[test]
+    fn a_patch_anywhere_beats_noise() {
+        let (model, mnist) = data();
+        let attack = PatchAttack::new(8, 0.216)
+            .steps(150)
+            .batch_size(64)
+            .transforms(Transforms {
+                rotation_deg: 20.0,
+                ..Transforms::default()
+            });
+        let train = mnist.train_images.narrow(0, 0, 20_000).unwrap();
+        let trained = attack.train(&model, &train).unwrap();
+        let (x, y) = (
+            mnist.test_images.narrow(0, 0, 1000).unwrap(),
+            mnist.test_labels.narrow(0, 0, 1000).unwrap(),
+        );
+        let e = attack.evaluate(&model, &trained.patch, &x, &y, 1).unwrap();
+        println!("anywhere: {e:?}");
+        // 150 steps of batch 64 reached 39.4 % (noise 14.2 %); the full run's 1,000 steps of
+        // batch 128 are in README. The bound leaves room for other seeds and machines.
+        assert!(e.success_rate >= 0.25, "{e:?}");
+        assert!(e.success_rate >= e.noise_success_rate + 0.1, "{e:?}");
+    }
+}
