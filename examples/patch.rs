@@ -50,6 +50,16 @@ fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
         .collect()
 }
 
+/// The images whose label is not `target`, with their labels.
+fn other_classes(x: &Tensor, y: &Tensor, target: u32) -> Result<(Tensor, Vec<u32>)> {
+    let labels = y.to_vec1::<u32>()?;
+    let keep: Vec<u32> = (0..labels.len() as u32)
+        .filter(|&i| labels[i as usize] != target)
+        .collect();
+    let x = x.index_select(&Tensor::new(keep.as_slice(), x.device())?, 0)?;
+    Ok((x, keep.iter().map(|&i| labels[i as usize]).collect()))
+}
+
 /// Grid of the first 8 held-out digits, clean and patched at `placements`.
 fn grid(
     model: &zoo::ZooModel,
@@ -144,12 +154,7 @@ fn main() -> Result<()> {
                 && area == *areas.last().unwrap_or(&area)
             {
                 trained.patch.save_png(out.join("patch.png"), 8)?;
-                let labels = yt.to_vec1::<u32>()?;
-                let keep: Vec<u32> = (0..eval_n as u32)
-                    .filter(|&i| labels[i as usize] != target)
-                    .collect();
-                let x = xt.index_select(&Tensor::new(keep.as_slice(), &dev)?, 0)?;
-                let y: Vec<u32> = keep.iter().map(|&i| labels[i as usize]).collect();
+                let (x, y) = other_classes(&xt, &yt, target)?;
                 let mut rng = StdRng::seed_from_u64(seed + 2);
                 let placements: Vec<Placement> = (0..8)
                     .map(|_| {
@@ -208,12 +213,7 @@ fn main() -> Result<()> {
             e.images
         );
         trained.patch.save_png(out.join("sticker.png"), 8)?;
-        let labels = yt.to_vec1::<u32>()?;
-        let keep: Vec<u32> = (0..eval_n as u32)
-            .filter(|&i| labels[i as usize] != target)
-            .collect();
-        let x = xt.index_select(&Tensor::new(keep.as_slice(), &dev)?, 0)?;
-        let y: Vec<u32> = keep.iter().map(|&i| labels[i as usize]).collect();
+        let (x, y) = other_classes(&xt, &yt, target)?;
         let placements = vec![Placement::at(top, top, (side, side)); 8];
         grid(
             &model,

@@ -16,28 +16,13 @@ fn mnist() -> Mnist {
 
 /// The `| key | value |` rows of a model card.
 fn card(name: &str) -> HashMap<String, String> {
-    let path = zoo::models_dir().join(format!("{name}.md"));
-    let text = std::fs::read_to_string(&path).expect("model card");
-    text.lines()
-        .filter_map(|l| {
-            let cells: Vec<&str> = l
-                .trim()
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect();
-            (cells.len() == 2).then(|| (cells[0].to_string(), cells[1].to_string()))
-        })
-        .collect()
+    zoo::card(name).expect("model card")
 }
 
 /// `"9243 / 10000"` → 9243.
 fn count(card: &HashMap<String, String>, key: &str) -> usize {
     let v = card.get(key).unwrap_or_else(|| panic!("card lacks {key}"));
-    v.split('/')
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .expect("a count")
+    zoo::parse_count(v).expect("a count").0
 }
 
 fn number(card: &HashMap<String, String>, key: &str) -> f32 {

@@ -221,17 +221,6 @@ impl ConstConv {
     }
 }
 
-/// The contiguous `f32` data of a storage.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("const conv2d: only f32 is supported")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("const conv2d: input must be contiguous")
-    };
-    Ok(&data[start..end])
-}
-
 /// Input gradient of a conv + ReLU: (upstream gradient, the layer's output) → the gradient
 /// convolution of the upstream gradient masked where the output is positive.
 struct ReluMaskedGrad(ConstConv);
@@ -251,7 +240,10 @@ impl CustomOp2 for ReluMaskedGrad {
         if l1.shape() != l2.shape() {
             candle_core::bail!("const conv2d relu grad: gradient and output shapes differ")
         }
-        let (g, r) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (g, r) = (
+            super::f32_slice(s1, l1, "const conv2d")?,
+            super::f32_slice(s2, l2, "const conv2d")?,
+        );
         self.0.batch(g, Some(r), l1.shape())
     }
 }
@@ -262,7 +254,11 @@ impl CustomOp1 for ConstConv {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.batch(contiguous_f32(storage, layout)?, None, layout.shape())
+        self.batch(
+            super::f32_slice(storage, layout, "const conv2d")?,
+            None,
+            layout.shape(),
+        )
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

@@ -19,17 +19,6 @@ struct MaxPoolGrad {
     stride: usize,
 }
 
-/// The contiguous `f32` data of a storage, or an error naming the op.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: only f32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 fn out_dims(
     l: &Layout,
     kernel: usize,
@@ -82,7 +71,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = super::f32_slice(s, l, self.name())?;
         let (planes, h, w, ho, wo, n) = out_dims(l, self.kernel, self.stride)?;
         let geo = Geometry {
             w,
@@ -124,8 +113,8 @@ impl CustomOp2 for MaxPoolGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let x = super::f32_slice(s1, l1, self.name())?;
+        let g = super::f32_slice(s2, l2, self.name())?;
         let (planes, h, w, ho, wo, _) = out_dims(l1, self.kernel, self.stride)?;
         if g.len() != planes * ho * wo {
             candle_core::bail!("{}: gradient of the wrong size", self.name())

@@ -12,6 +12,21 @@ use candle_core::{DType, Module, Tensor};
 
 use crate::ops::max_dim;
 
+/// The contiguous `f32` data of a CPU storage, or an error naming the op.
+fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: only f32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&v[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
 /// 2-D max pooling of an `[N, C, H, W]` tensor, no padding, floor mode (as PyTorch's
 /// `nn.MaxPool2d(kernel, stride)`), with a correct gradient.
 ///
