@@ -186,6 +186,11 @@ pub const SHIPPED: &[Shipped] = &[
         arch: Arch::SmallCnn,
         file: "mnist-cnn.safetensors",
     },
+    Shipped {
+        name: "mnist-cnn-robust",
+        arch: Arch::SmallCnn,
+        file: "mnist-cnn-robust.safetensors",
+    },
 ];
 
 /// The `models/` folder of this crate.
