@@ -153,7 +153,8 @@ mod curves {
             images.narrow(0, 0, 100).unwrap(),
             labels.narrow(0, 0, 100).unwrap(),
         );
-        for name in ["mnist-linear", "mnist-cnn"] {
+        for shipped in zoo::SHIPPED {
+            let name = shipped.name;
             let model = zoo::load(name, &dev).unwrap();
             let pgd = Pgd::new(Budget::linf(0.1).unwrap())
                 .steps(10)
@@ -165,7 +166,12 @@ mod curves {
                 .unwrap();
             let acc: Vec<usize> = sweep.reports.iter().map(|r| r.robust_correct).collect();
             assert!(acc.windows(2).all(|w| w[1] <= w[0]), "{name}: {acc:?}");
-            assert!(acc[0] >= 54 && acc[4] <= 3, "{name}: {acc:?}");
+            assert!(acc[0] >= 54, "{name}: {acc:?}");
+            if name.ends_with("robust") {
+                assert!(acc[4] >= 40, "{name} keeps most digits at 0.3: {acc:?}");
+            } else {
+                assert!(acc[4] <= 3, "{name}: {acc:?}");
+            }
             assert!(sweep.warnings.is_empty(), "{:?}", sweep.warnings);
         }
     }
