@@ -100,6 +100,8 @@ impl Loss {
     /// # Errors
     /// Shape errors from candle when `logits` and `classes` do not fit.
     pub fn objective(&self, logits: &Tensor, classes: &Tensor, targeted: bool) -> Result<Tensor> {
+        // candle's gather and sort need contiguous operands; a model's logits may be a view
+        let logits = &logits.contiguous()?;
         let z_c = pick(logits, classes)?;
         match *self {
             Loss::CrossEntropy => {

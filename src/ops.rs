@@ -33,9 +33,12 @@ pub fn log_sum_exp(t: &Tensor) -> Result<Tensor> {
     (s + m)?.squeeze(D::Minus1)
 }
 
-/// `t[i, classes[i]]` for a `[N, K]` tensor and `u32` classes `[N]`.
+/// `t[i, classes[i]]` for a `[N, K]` tensor and `u32` classes `[N]`. candle's gather needs
+/// contiguous operands, and a model's logits need not be (a narrowed or transposed output).
 pub fn pick(t: &Tensor, classes: &Tensor) -> Result<Tensor> {
-    t.gather(&classes.unsqueeze(1)?, 1)?.squeeze(1)
+    t.contiguous()?
+        .gather(&classes.contiguous()?.unsqueeze(1)?, 1)?
+        .squeeze(1)
 }
 
 /// `max_{j != classes[i]} t[i, j]` for a `[N, K]` tensor with `K >= 2`.

@@ -1305,3 +1305,19 @@ mod no_panics {
         });
     }
 }
+
+/// A model whose logits are a non-contiguous view (here a narrowed tensor) is attacked like any
+/// other: every loss works on it.
+#[test]
+fn non_contiguous_logits_are_accepted() {
+    use perturb::{Attack, Budget, Goal, Loss, Pgd};
+    let dev = candle_core::Device::Cpu;
+    let model = |x: &candle_core::Tensor| x.flatten_from(1)?.narrow(1, 0, 4);
+    let x = candle_core::Tensor::full(0.4f32, (2, 1, 3, 3), &dev).unwrap();
+    let y = candle_core::Tensor::new(&[1u32, 2], &dev).unwrap();
+    for loss in [Loss::CrossEntropy, Loss::cw(0.0).unwrap(), Loss::Dlr] {
+        let pgd = Pgd::new(Budget::linf(0.1).unwrap()).steps(3).loss(loss);
+        let adv = pgd.run(&model, &x, &Goal::untargeted(&y)).unwrap();
+        assert_eq!(adv.success.len(), 2);
+    }
+}
