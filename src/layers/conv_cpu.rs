@@ -18,6 +18,9 @@ use rayon::prelude::*;
 pub(super) struct ConstConv {
     /// Weights as a row-major `[O, C·KH·KW]` matrix.
     w: Arc<Vec<f32>>,
+    /// The kernel of [`ConstConv::input_gradient`], `[C, O·KH·KW]`: flipped in space, channels
+    /// swapped. Flipping twice gives `w` back, so the gradient convolution swaps the two.
+    flipped: Arc<Vec<f32>>,
     /// Bias `[O]`, if any.
     bias: Option<Arc<Vec<f32>>>,
     o: usize,
@@ -46,6 +49,7 @@ impl ConstConv {
             && ph < kh
             && pw < kw;
         ok.then(|| Self {
+            flipped: Arc::new(flip(&w, [o, c, kh, kw])),
             w: Arc::new(w),
             bias: bias.map(Arc::new),
             o,
@@ -67,23 +71,13 @@ impl ConstConv {
     /// The convolution whose output is this one's input gradient: kernel flipped in space,
     /// channels swapped, padding `k − 1 − p`, no bias.
     fn input_gradient(&self) -> Self {
-        let (o, c, kh, kw) = (self.o, self.c, self.kh, self.kw);
-        let mut flipped = vec![0f32; self.w.len()];
-        for oi in 0..o {
-            for ci in 0..c {
-                for i in 0..kh {
-                    for j in 0..kw {
-                        flipped[((ci * o + oi) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
-                            self.w[((oi * c + ci) * kh + i) * kw + j];
-                    }
-                }
-            }
-        }
+        let (kh, kw) = (self.kh, self.kw);
         Self {
-            w: Arc::new(flipped),
+            w: self.flipped.clone(),
+            flipped: self.w.clone(),
             bias: None,
-            o: c,
-            c: o,
+            o: self.c,
+            c: self.o,
             kh,
             kw,
             ph: kh - 1 - self.ph,
@@ -246,6 +240,23 @@ impl CustomOp2 for ReluMaskedGrad {
         );
         self.0.batch(g, Some(r), l1.shape())
     }
+}
+
+/// `w` (`[O, C, KH, KW]`) flipped in space with input and output channels swapped:
+/// `[C, O, KH, KW]`, entry `(c, o, KH−1−i, KW−1−j)` = `w[o, c, i, j]`.
+fn flip(w: &[f32], [o, c, kh, kw]: [usize; 4]) -> Vec<f32> {
+    let mut flipped = vec![0f32; w.len()];
+    for oi in 0..o {
+        for ci in 0..c {
+            for i in 0..kh {
+                for j in 0..kw {
+                    flipped[((ci * o + oi) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
+                        w[((oi * c + ci) * kh + i) * kw + j];
+                }
+            }
+        }
+    }
+    flipped
 }
 
 impl CustomOp1 for ConstConv {

@@ -137,7 +137,9 @@ impl Module for MaxPool2d {
 /// assert!((a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
 /// let ga = fast.forward(&x)?.sum_all()?.backward()?;
 /// let gb = stock.forward(&x)?.sum_all()?.backward()?;
-/// let diff = (ga.get(&x).unwrap() - gb.get(&x).unwrap())?.abs()?.max_all()?;
+/// let missing = || candle_core::Error::Msg("no gradient".into());
+/// let (ga, gb) = (ga.get(&x).ok_or_else(missing)?, gb.get(&x).ok_or_else(missing)?);
+/// let diff = (ga - gb)?.abs()?.max_all()?;
 /// assert!(diff.to_scalar::<f32>()? < 1e-5);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
