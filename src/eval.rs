@@ -104,6 +104,8 @@ pub struct Evaluator<'a> {
     data_name: String,
     batch_size: usize,
     progress: bool,
+    /// Clean predictions, computed once and shared by every run and sweep point.
+    clean: std::cell::OnceCell<Vec<u32>>,
 }
 
 /// One attack over a data set: the report, the per-sample outcome and the adversarial inputs.
@@ -146,6 +148,7 @@ impl<'a> Evaluator<'a> {
             data_name: format!("data[0..{n}]"),
             batch_size: DEFAULT_BATCH_SIZE,
             progress: false,
+            clean: std::cell::OnceCell::new(),
         })
     }
 
@@ -195,6 +198,15 @@ impl<'a> Evaluator<'a> {
         self.evaluate(attack, attack.budget().eps(), target)
     }
 
+    /// The model's predictions on the clean data (computed on first use).
+    fn clean_predictions(&self) -> Result<&[u32]> {
+        if let Some(p) = self.clean.get() {
+            return Ok(p);
+        }
+        let p = predict(self.model, self.images, self.batch_size)?;
+        Ok(self.clean.get_or_init(|| p))
+    }
+
     /// Run `attack` at radius `eps`; 0 runs no attack (the clean point of a curve).
     fn evaluate(&self, attack: &dyn Attack, eps: f32, target: Option<u32>) -> Result<Evaluation> {
         let start = Instant::now();
@@ -206,7 +218,7 @@ impl<'a> Evaluator<'a> {
         for r in batches(n, self.batch_size)? {
             let x = self.images.narrow(0, r.start, r.len())?;
             let labels = &self.labels[r.clone()];
-            let clean = predictions(&checked_logits(self.model, &x)?)?;
+            let clean = self.clean_predictions()?[r.clone()].to_vec();
             let idx: Vec<u32> = (0..r.len() as u32)
                 .filter(|&i| clean[i as usize] == labels[i as usize])
                 .collect();

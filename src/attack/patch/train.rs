@@ -352,10 +352,9 @@ impl PatchAttack {
         let noise = Patch::noise(c, s, patch.shape, seed ^ 0x006e_6f69_7365, dev)?;
         let rate = |p: &Patch| -> Result<f64> {
             let mut hits = 0usize;
-            for start in (0..keep.len()).step_by(256) {
-                let len = 256.min(keep.len() - start);
-                let xb = x.narrow(0, start, len)?;
-                let patched = super::apply_patch(p, &xb, &placements[start..start + len])?;
+            for r in crate::data::batches(keep.len(), 256)? {
+                let xb = x.narrow(0, r.start, r.len())?;
+                let patched = super::apply_patch(p, &xb, &placements[r])?;
                 let pred = predictions(&checked_logits(model, &patched)?)?;
                 hits += pred.iter().filter(|&&p| p == self.target).count();
             }
