@@ -141,6 +141,14 @@ pub enum Error {
         /// The names that exist, comma-separated.
         known: String,
     },
+    /// A class name that the model's label set does not hold, or holds more than once.
+    #[error("class {name:?}: {reason}")]
+    UnknownClass {
+        /// The requested name.
+        name: String,
+        /// Why it does not resolve (unknown, ambiguous with the candidates, out of range).
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{file}: {source}")]
     Io {

@@ -93,3 +93,95 @@ pub fn save_png(t: &Tensor, path: impl AsRef<Path>, scale: u32) -> Result<()> {
         source: std::io::Error::other(e.to_string()),
     })
 }
+
+/// How a photo is brought to the model's square input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Resize (Catmull-Rom) so that the shorter side equals the size, then take the central
+    /// square: every image is accepted, whatever its size or aspect ratio.
+    ResizeCrop,
+    /// The central square of the image as it is, without resampling (the image must be at least
+    /// that large): the exact pixels, as a reference implementation sees them.
+    Crop,
+}
+
+/// Read an 8-bit RGB photo (PNG, JPEG, …) for an ImageNet-style model: `[3, size, size]` `f32` in
+/// `[0, 1]`, brought to size by `fit`. Pixels that are already on the 8-bit grid stay exactly
+/// there, so a `size × size` PNG written by [`save_png`] reads back bit for bit.
+///
+/// ```
+/// use candle_core::Device;
+/// use perturb::data::{load_photo, Fit};
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images/chelsea.png"); // 451 × 300
+/// let x = load_photo(path, 224, Fit::ResizeCrop, &Device::Cpu)?;
+/// assert_eq!(x.dims(), &[3, 224, 224]);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Data`] when it is not a decodable image,
+/// is greyscale, has 16-bit or float samples, or (with [`Fit::Crop`]) is smaller than `size`;
+/// [`Error::InvalidParameter`] for `size` 0.
+pub fn load_photo(
+    path: impl AsRef<Path>,
+    size: usize,
+    fit: Fit,
+    device: &Device,
+) -> Result<Tensor> {
+    let path = path.as_ref();
+    if size == 0 {
+        return Err(Error::InvalidParameter {
+            name: "size",
+            value: "0".into(),
+            reason: "the input size must be at least 1",
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let data_err = |reason: String| Error::Data {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| data_err(format!("not a readable image: {e}")))?;
+    let rgb = match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageRgba8(_) => img.to_rgb8(), // alpha dropped
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => {
+            return Err(data_err(
+                "greyscale image; this model needs 8-bit RGB (convert it first)".into(),
+            ))
+        }
+        other => {
+            return Err(data_err(format!(
+                "{:?} samples; this model needs 8-bit RGB (convert it first)",
+                other.color()
+            )))
+        }
+    };
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let s = size as u32;
+    let rgb = match fit {
+        Fit::Crop if w < size || h < size => {
+            return Err(data_err(format!(
+                "{w}x{h} is smaller than the {size}x{size} crop"
+            )))
+        }
+        Fit::Crop => rgb,
+        Fit::ResizeCrop if w.min(h) == size => rgb,
+        Fit::ResizeCrop => {
+            let scale = size as f64 / w.min(h) as f64;
+            let nw = ((w as f64 * scale).round() as u32).max(s);
+            let nh = ((h as f64 * scale).round() as u32).max(s);
+            image::imageops::resize(&rgb, nw, nh, FilterType::CatmullRom)
+        }
+    };
+    let (w, h) = (rgb.width(), rgb.height());
+    let crop = image::imageops::crop_imm(&rgb, (w - s) / 2, (h - s) / 2, s, s).to_image();
+    let t = Tensor::from_vec(crop.into_raw(), (size, size, 3), device)?
+        .permute((2, 0, 1))?
+        .to_dtype(DType::F32)?;
+    Ok((t / 255.0)?)
+}

@@ -30,8 +30,42 @@ pub(super) struct ConstConv {
     /// Zero padding, the same on every side (`ph` rows, `pw` columns).
     ph: usize,
     pw: usize,
-    /// A ReLU fused after the convolution (bias included).
-    relu: bool,
+    /// The activation fused after the convolution (bias included).
+    act: Act,
+}
+
+/// An activation fused into a layer: applied in the same pass forward, and backward masks the
+/// upstream gradient where the activation is flat (PyTorch's convention: zero gradient at the
+/// kinks, so at exactly 0 and, for ReLU6, exactly 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Act {
+    /// None: the identity.
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNet, EfficientNet-Lite).
+    Relu6,
+}
+
+impl Act {
+    /// Apply in place.
+    pub(super) fn apply(self, v: &mut [f32]) {
+        match self {
+            Act::Linear => {}
+            Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Act::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        }
+    }
+
+    /// Whether the gradient passes at a point whose activated output is `r`.
+    #[inline]
+    pub(super) fn passes(self, r: f32) -> bool {
+        match self {
+            Act::Linear => true,
+            Act::Relu => r > 0.0,
+            Act::Relu6 => r > 0.0 && r < 6.0,
+        }
+    }
 }
 
 impl ConstConv {
@@ -58,14 +92,14 @@ impl ConstConv {
             kw,
             ph,
             pw,
-            relu: false,
+            act: Act::Linear,
         })
     }
 
-    /// The same convolution followed by a ReLU, fused: one pass forward, and backward masks the
-    /// upstream gradient while it is copied (PyTorch's convention: zero gradient at 0).
-    pub(super) fn with_relu(self) -> Self {
-        Self { relu: true, ..self }
+    /// The same convolution followed by `act`, fused: one pass forward, and backward masks the
+    /// upstream gradient while it is copied.
+    pub(super) fn with_act(self, act: Act) -> Self {
+        Self { act, ..self }
     }
 
     /// The convolution whose output is this one's input gradient: kernel flipped in space,
@@ -82,7 +116,7 @@ impl ConstConv {
             kw,
             ph: kh - 1 - self.ph,
             pw: kw - 1 - self.pw,
-            relu: false,
+            act: Act::Linear,
         }
     }
 
@@ -93,13 +127,26 @@ impl ConstConv {
 
     /// Convolve one sample `x` (`[C, H, W]`) into `out` (`[O, OH, OW]`), using `col` as the
     /// `[C·KH·KW, OH·OW]` im2col buffer.
-    fn sample(&self, x: &[f32], (h, w): (usize, usize), col: &mut [f32], out: &mut [f32]) {
+    /// A 1×1 kernel without padding needs no im2col: the input is already the matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    fn sample(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        col: &mut [f32],
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
         let Some((oh, ow)) = self.out_hw(h, w) else {
             return;
         };
         let ohw = oh * ow;
         let (kh, kw, ph, pw) = (self.kh, self.kw, self.ph as isize, self.pw as isize);
-        for ci in 0..self.c {
+        let pointwise = self.pointwise();
+        for ci in (0..self.c).filter(|_| !pointwise) {
             let plane = &x[ci * h * w..(ci + 1) * h * w];
             for i in 0..kh {
                 for j in 0..kw {
@@ -133,6 +180,7 @@ impl ConstConv {
             }
             None => out.fill(0.0),
         }
+        let col: &[f32] = if pointwise { x } else { col };
         debug_assert!(
             self.w.len() == self.o * k && col.len() >= k * ohw && out.len() >= self.o * ohw
         );
@@ -159,19 +207,21 @@ impl ConstConv {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                par,
             );
         }
-        if self.relu {
-            for v in out[..self.o * ohw].iter_mut() {
-                *v = v.max(0.0);
-            }
-        }
+        self.act.apply(&mut out[..self.o * ohw]);
     }
 
-    /// Convolve a contiguous batch `[N, C, H, W]`; with `mask`, a tensor of the same shape, the
-    /// input is first zeroed wherever the mask is not positive.
-    fn batch(&self, x: &[f32], mask: Option<&[f32]>, dims: &Shape) -> Result<(CpuStorage, Shape)> {
+    /// Convolve a contiguous batch `[N, C, H, W]`; with `mask` (a layer's activated output of
+    /// the same shape, and that layer's activation), the input is first zeroed wherever the
+    /// activation is flat.
+    fn batch(
+        &self,
+        x: &[f32],
+        mask: Option<(&[f32], Act)>,
+        dims: &Shape,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims.dims4()?;
         if c != self.c {
             candle_core::bail!(
@@ -183,45 +233,61 @@ impl ConstConv {
             candle_core::bail!("const conv2d: a {h}x{w} input is smaller than the kernel")
         };
         let (in_len, out_len) = (c * h * w, self.o * oh * ow);
-        if x.len() != n * in_len || mask.is_some_and(|m| m.len() != x.len()) {
+        if x.len() != n * in_len || mask.is_some_and(|(m, _)| m.len() != x.len()) {
             candle_core::bail!("const conv2d: input and mask sizes disagree")
         }
         let mut out = vec![0f32; n * out_len];
-        let col_len = c * self.kh * self.kw * oh * ow;
-        out.par_chunks_mut(out_len.max(1))
-            .enumerate()
-            .for_each_init(
-                || {
-                    (
-                        vec![0f32; col_len],
-                        vec![0f32; if mask.is_some() { in_len } else { 0 }],
-                    )
-                },
-                |(col, masked), (i, dst)| {
-                    let src = &x[i * in_len..(i + 1) * in_len];
-                    match mask {
-                        Some(m) => {
-                            let m = &m[i * in_len..(i + 1) * in_len];
-                            for ((d, &g), &r) in masked.iter_mut().zip(src).zip(m) {
-                                *d = if r > 0.0 { g } else { 0.0 };
-                            }
-                            self.sample(masked, (h, w), col, dst);
-                        }
-                        None => self.sample(src, (h, w), col, dst),
+        let col_len = if self.pointwise() {
+            0
+        } else {
+            c * self.kh * self.kw * oh * ow
+        };
+        let run = |(col, masked): &mut (Vec<f32>, Vec<f32>),
+                   (i, dst): (usize, &mut [f32]),
+                   par: gemm::Parallelism| {
+            let src = &x[i * in_len..(i + 1) * in_len];
+            match mask {
+                Some((m, act)) => {
+                    let m = &m[i * in_len..(i + 1) * in_len];
+                    for ((d, &g), &r) in masked.iter_mut().zip(src).zip(m) {
+                        *d = if act.passes(r) { g } else { 0.0 };
                     }
-                },
-            );
+                    self.sample(masked, (h, w), col, dst, par);
+                }
+                None => self.sample(src, (h, w), col, dst, par),
+            }
+        };
+        let scratch = || {
+            (
+                vec![0f32; col_len],
+                vec![0f32; if mask.is_some() { in_len } else { 0 }],
+            )
+        };
+        let threads = rayon::current_num_threads();
+        if n >= threads {
+            // One sample per task, each GEMM on one thread.
+            out.par_chunks_mut(out_len.max(1))
+                .enumerate()
+                .for_each_init(scratch, |s, job| run(s, job, gemm::Parallelism::None));
+        } else {
+            // Fewer samples than threads (a single image): samples in turn, each GEMM split over
+            // the threads. gemm splits the output, never the sum, so the bits do not depend on it.
+            let mut s = scratch();
+            for job in out.chunks_mut(out_len.max(1)).enumerate() {
+                run(&mut s, job, gemm::Parallelism::Rayon(threads));
+            }
+        }
         Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
     }
 }
 
-/// Input gradient of a conv + ReLU: (upstream gradient, the layer's output) → the gradient
-/// convolution of the upstream gradient masked where the output is positive.
-struct ReluMaskedGrad(ConstConv);
+/// Input gradient of a conv + activation: (upstream gradient, the layer's output) → the
+/// gradient convolution of the upstream gradient masked where the activation is flat.
+struct MaskedGrad(ConstConv, Act);
 
-impl CustomOp2 for ReluMaskedGrad {
+impl CustomOp2 for MaskedGrad {
     fn name(&self) -> &'static str {
-        "perturb-const-conv2d-relu-grad"
+        "perturb-const-conv2d-act-grad"
     }
 
     fn cpu_fwd(
@@ -238,7 +304,7 @@ impl CustomOp2 for ReluMaskedGrad {
             super::f32_slice(s1, l1, "const conv2d")?,
             super::f32_slice(s2, l2, "const conv2d")?,
         );
-        self.0.batch(g, Some(r), l1.shape())
+        self.0.batch(g, Some((r, self.1)), l1.shape())
     }
 }
 
@@ -274,11 +340,12 @@ impl CustomOp1 for ConstConv {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        let grad = if self.relu {
-            // Not differentiable again: attacks need first-order gradients only.
-            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMaskedGrad(self.input_gradient()))?
-        } else {
+        let grad = if self.act == Act::Linear {
             grad.apply_op1(self.input_gradient())?
+        } else {
+            // Not differentiable again: attacks need first-order gradients only.
+            let op = MaskedGrad(self.input_gradient(), self.act);
+            grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
         };
         Ok(Some(grad))
     }

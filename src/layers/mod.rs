@@ -6,11 +6,24 @@
 //! routes the gradient to the maximum of each window (split evenly among ties).
 
 mod conv_cpu;
+mod depthwise_cpu;
 mod max_pool_cpu;
+
+pub use depthwise_cpu::{same_padding, DepthwiseConv2d};
 
 use candle_core::{DType, Module, Tensor};
 
 use crate::ops::max_dim;
+use conv_cpu::Act;
+
+/// `act` with candle's own ops (the path for other devices and trained weights).
+fn activate(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    match act {
+        Act::Linear => Ok(x.clone()),
+        Act::Relu => x.relu(),
+        Act::Relu6 => x.clamp(0f32, 6f32),
+    }
+}
 
 /// The contiguous `f32` data of a CPU storage, or an error naming the op.
 fn f32_slice<'a>(
@@ -147,7 +160,7 @@ impl Module for MaxPool2d {
 pub struct Conv2d {
     stock: candle_nn::Conv2d,
     fast: Option<conv_cpu::ConstConv>,
-    relu: bool,
+    act: Act,
 }
 
 impl Conv2d {
@@ -183,7 +196,7 @@ impl Conv2d {
         Ok(Self {
             stock: candle_nn::Conv2d::new(weight, bias, config),
             fast,
-            relu: false,
+            act: Act::Linear,
         })
     }
 
@@ -192,9 +205,19 @@ impl Conv2d {
     /// PyTorch; candle's own `relu` passes the gradient at exactly 0). The fused input gradient
     /// is first-order only.
     pub fn with_relu(self) -> Self {
+        self.with_act(Act::Relu)
+    }
+
+    /// The same layer followed by a ReLU6, `min(max(x, 0), 6)`, fused as in
+    /// [`with_relu`](Self::with_relu) (gradient 0 at 0 and at 6, as PyTorch's `ReLU6`).
+    pub fn with_relu6(self) -> Self {
+        self.with_act(Act::Relu6)
+    }
+
+    fn with_act(self, act: Act) -> Self {
         Self {
-            fast: self.fast.map(conv_cpu::ConstConv::with_relu),
-            relu: true,
+            fast: self.fast.map(|f| f.with_act(act)),
+            act,
             ..self
         }
     }
@@ -224,8 +247,7 @@ impl Module for Conv2d {
             Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
                 x.contiguous()?.apply_op1(op.clone())
             }
-            _ if self.relu => self.stock.forward(x)?.relu(),
-            _ => self.stock.forward(x),
+            _ => activate(&self.stock.forward(x)?, self.act),
         }
     }
 }

@@ -11,6 +11,8 @@
 
 mod arch;
 mod card;
+mod efficientnet;
+mod imagenet;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +25,8 @@ use sha2::{Digest, Sha256};
 
 pub use arch::{MnistLinear, ParamSpec, SmallCnn};
 pub use card::{card, parse_count};
+pub use efficientnet::EfficientNetLite0;
+pub use imagenet::{class_index, imagenet_classes};
 
 use crate::error::{Error, Result};
 
@@ -36,6 +40,8 @@ pub enum Arch {
     MnistLinear,
     /// The TRADES SmallCNN on 28×28 grey images, 10 classes.
     SmallCnn,
+    /// EfficientNet-Lite0 on 224×224 RGB images, the 1,000 ImageNet classes.
+    EfficientNetLite0,
 }
 
 impl fmt::Display for Arch {
@@ -43,6 +49,7 @@ impl fmt::Display for Arch {
         f.write_str(match self {
             Arch::MnistLinear => "mnist-linear",
             Arch::SmallCnn => "small-cnn",
+            Arch::EfficientNetLite0 => "efficientnet-lite0",
         })
     }
 }
@@ -54,10 +61,11 @@ impl FromStr for Arch {
         match s {
             "mnist-linear" | "linear" => Ok(Arch::MnistLinear),
             "small-cnn" | "smallcnn" | "cnn" => Ok(Arch::SmallCnn),
+            "efficientnet-lite0" => Ok(Arch::EfficientNetLite0),
             _ => Err(Error::InvalidParameter {
                 name: "arch",
                 value: s.to_string(),
-                reason: "expected mnist-linear or small-cnn",
+                reason: "expected mnist-linear, small-cnn or efficientnet-lite0",
             }),
         }
     }
@@ -69,12 +77,37 @@ impl Arch {
         match self {
             Arch::MnistLinear => MnistLinear::params(),
             Arch::SmallCnn => SmallCnn::params(),
+            Arch::EfficientNetLite0 => EfficientNetLite0::params(),
         }
     }
 
     /// Input shape `[C, H, W]` of one sample.
     pub fn input_shape(&self) -> [usize; 3] {
-        [1, 28, 28]
+        match self {
+            Arch::MnistLinear | Arch::SmallCnn => [1, 28, 28],
+            Arch::EfficientNetLite0 => [3, 224, 224],
+        }
+    }
+
+    /// Whether the model reads 28×28 MNIST digits (and can be evaluated on the vendored data).
+    pub fn is_mnist(&self) -> bool {
+        matches!(self, Arch::MnistLinear | Arch::SmallCnn)
+    }
+
+    /// Number of classes (logits per sample).
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Arch::MnistLinear | Arch::SmallCnn => 10,
+            Arch::EfficientNetLite0 => 1000,
+        }
+    }
+
+    /// The name of class `index`: the digit for MNIST, the ImageNet name otherwise.
+    pub fn class_name(&self, index: usize) -> Option<String> {
+        match self {
+            Arch::MnistLinear | Arch::SmallCnn => (index < 10).then(|| index.to_string()),
+            Arch::EfficientNetLite0 => imagenet_classes().get(index).map(|s| s.to_string()),
+        }
     }
 
     /// Fresh parameters with PyTorch's default initialization, U(−1/√fan_in, 1/√fan_in), drawn
@@ -82,7 +115,15 @@ impl Arch {
     ///
     /// # Errors
     /// Candle errors only.
+    /// [`Error::InvalidParameter`] for EfficientNet-Lite0, which ships pretrained only.
     pub fn init(&self, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
+        if *self == Arch::EfficientNetLite0 {
+            return Err(Error::InvalidParameter {
+                name: "arch",
+                value: self.to_string(),
+                reason: "only the MNIST architectures are trained from scratch here",
+            });
+        }
         let mut rng = StdRng::seed_from_u64(seed);
         let mut out = HashMap::new();
         for p in self.params() {
@@ -128,6 +169,9 @@ impl Arch {
             Arch::SmallCnn => Net::Cnn(Box::new(
                 SmallCnn::from_tensors(tensors).ok_or_else(missing)?,
             )),
+            Arch::EfficientNetLite0 => Net::Efficient(Box::new(
+                EfficientNetLite0::from_tensors(tensors).ok_or_else(missing)?,
+            )),
         };
         Ok(ZooModel { arch: *self, net })
     }
@@ -137,10 +181,11 @@ impl Arch {
 enum Net {
     Linear(MnistLinear),
     Cnn(Box<SmallCnn>),
+    Efficient(Box<EfficientNetLite0>),
 }
 
 /// A model of the zoo: a candle `Module` (hence a [`Classifier`](crate::Classifier)) mapping
-/// `[N, 1, 28, 28]` pixels in `[0, 1]` to 10 logits.
+/// pixels in `[0, 1]` of shape `[N, ..arch.input_shape()]` to `arch.num_classes()` logits.
 #[derive(Debug, Clone)]
 pub struct ZooModel {
     arch: Arch,
@@ -159,6 +204,7 @@ impl Module for ZooModel {
         match &self.net {
             Net::Linear(m) => m.forward(x),
             Net::Cnn(m) => m.forward(x),
+            Net::Efficient(m) => m.forward(x),
         }
     }
 }
@@ -190,6 +236,11 @@ pub const SHIPPED: &[Shipped] = &[
         name: "mnist-cnn-robust",
         arch: Arch::SmallCnn,
         file: "mnist-cnn-robust.safetensors",
+    },
+    Shipped {
+        name: "efficientnet-lite0",
+        arch: Arch::EfficientNetLite0,
+        file: "efficientnet-lite0.safetensors",
     },
 ];
 
@@ -313,7 +364,7 @@ pub fn resolve(
     let arch = arch.ok_or(Error::InvalidParameter {
         name: "arch",
         value: model.to_string(),
-        reason: "weights given by path need their architecture (mnist-linear or small-cnn)",
+        reason: "weights given by path need their architecture (mnist-linear, small-cnn or efficientnet-lite0)",
     })?;
     load_file(arch, path, expected_sha256, device)
 }

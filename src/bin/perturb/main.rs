@@ -80,6 +80,7 @@ fn models() -> Result<ExitCode> {
                     .and_then(|v| zoo::parse_count(v))
             })
             .map(|(a, b)| format!("{:.2} %", 100.0 * a as f64 / b as f64))
+            .or_else(|| zoo::card(s.name).ok()?.get("clean_accuracy").cloned())
             .unwrap_or_else(|| "?".into());
         println!(
             "{:<14} {:<13} {:<9} {:>16}  {}",
