@@ -210,6 +210,81 @@ mod attack {
         assert_eq!(report.samples, 30);
         assert!(report.successes > 0 && report.successes <= report.clean_correct);
     }
+    /// The ImageNet model on a photo given by path, a target given by name: the cat becomes a
+    /// toaster at ε = 2/255, and the saved PNG, read back as a user would, is still a toaster.
+    #[test]
+    fn photo_by_path_turns_into_a_named_target_and_the_png_proves_it() {
+        let dir = tmp("photos");
+        let cat = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images/chelsea.png");
+        let json = tmp("toaster.json");
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "efficientnet-lite0",
+            "--image",
+            cat,
+            "--targeted",
+            "toaster",
+            "--eps",
+            "0.00784314", // 2/255
+            "--steps",
+            "20",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+            "--save-png",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("-> 859 toaster"), "{stdout}");
+        let report: Report = read_json(&json);
+        assert_eq!((report.attack.target, report.successes), (Some(859), 1));
+        // independent check of the file: decode, classify with plain candle
+        let png = dir.join("chelsea.adv.png");
+        let x =
+            perturb::data::load_photo(&png, 224, perturb::data::Fit::Crop, &Device::Cpu).unwrap();
+        let model = zoo::load("efficientnet-lite0", &Device::Cpu).unwrap();
+        assert_eq!(argmax(&model, &x.unsqueeze(0).unwrap()), [859]);
+        // and it stays within 2/255 of the preprocessed photo, 8-bit rounding included
+        let clean =
+            perturb::data::load_photo(cat, 224, perturb::data::Fit::ResizeCrop, &Device::Cpu)
+                .unwrap();
+        let linf = (x - clean).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(linf.to_scalar::<f32>().unwrap() <= 2.5 / 255.0);
+
+        // a photo without --image, an unknown class name, a missing file: exit 2, one line
+        for (args, needle) in [
+            (vec!["--model", "efficientnet-lite0"], "--image"),
+            (
+                vec![
+                    "--model",
+                    "efficientnet-lite0",
+                    "--image",
+                    cat,
+                    "--targeted",
+                    "unicorn",
+                ],
+                "unicorn",
+            ),
+            (
+                vec![
+                    "--model",
+                    "efficientnet-lite0",
+                    "--image",
+                    "/nonexistent/cat.png",
+                ],
+                "cat.png",
+            ),
+        ] {
+            let mut full = vec!["attack", "--eps", "0.01"];
+            full.extend(args);
+            let out = perturb(&full);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
+        }
+    }
 }
 
 mod eval {

@@ -189,3 +189,53 @@ fn photos_bad_input_is_a_typed_error() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Untargeted PGD at ε = 2/255 changes the top-1 class of every sample photo (the issue's
+/// acceptance 3), and every adversarial photo stays in its ε-ball and the pixel box.
+#[test]
+fn untargeted_pgd_at_two_levels_flips_every_sample_photo() {
+    use perturb::{Attack, Budget, Goal, Pgd};
+    let dev = Device::Cpu;
+    let model = zoo::load("efficientnet-lite0", &dev).unwrap();
+    let xs: Vec<Tensor> = PHOTOS
+        .iter()
+        .map(|(name, _)| load_photo(photo(name), 224, Fit::ResizeCrop, &dev).unwrap())
+        .collect();
+    let x = Tensor::stack(&xs, 0).unwrap();
+    let clean: Vec<u32> = model
+        .forward(&x)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let eps = 2.0 / 255.0;
+    let pgd = Pgd::new(Budget::linf(eps).unwrap())
+        .steps(10)
+        .early_stop(true)
+        .seed(0);
+    let adv = pgd
+        .run(
+            &model,
+            &x,
+            &Goal::untargeted(&Tensor::new(clean.as_slice(), &dev).unwrap()),
+        )
+        .unwrap();
+    let after: Vec<u32> = model
+        .forward(&adv.x_adv)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (i, (name, _)) in PHOTOS.iter().enumerate() {
+        assert_ne!(after[i], clean[i], "{name} kept class {}", clean[i]);
+    }
+    let delta = (&adv.x_adv - &x).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(delta.to_scalar::<f32>().unwrap() <= eps + 1e-6);
+    let (lo, hi) = (
+        adv.x_adv.min_all().unwrap().to_scalar::<f32>().unwrap(),
+        adv.x_adv.max_all().unwrap().to_scalar::<f32>().unwrap(),
+    );
+    assert!(lo >= 0.0 && hi <= 1.0);
+}

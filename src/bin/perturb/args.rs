@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
-use perturb::data::Mnist;
+use perturb::data::{load_image, load_photo, Fit, Mnist};
 use perturb::zoo::{self, Arch, ZooModel};
 use perturb::{Attack, Budget, Fgsm, Norm, Pgd};
 
@@ -15,12 +15,15 @@ Examples:
   perturb attack --model mnist-cnn --attack pgd --eps 0.1 --steps 40 --step-size 0.01 --n 500 \\
       --json report.json --grid grid.png --save-adversarials adv.safetensors
   perturb attack --model mnist-cnn --attack pgd --eps 0.2 --targeted 3 --n 100
+  perturb attack --model efficientnet-lite0 --image assets/images/chelsea.png --targeted toaster \\
+      --eps 0.004 --steps 50 --save-png out/
   perturb eval --model mnist-cnn --attacks fgsm,pgd --eps 0,0.05,0.1,0.15,0.2 --plot curve.png
   perturb gate --model mnist-cnn --attack pgd --eps 0.05 --min-robust-accuracy 0.9 --n 1000
   perturb attack --model my.safetensors --arch small-cnn --sha256 <hex> --attack fgsm --eps 0.1
 
 Exit codes: 0 success (gate: the model holds), 1 the gate failed, 2 a usage or input error.
-Data: the MNIST test set shipped in data/mnist; the first --n images from --offset.";
+Data: the MNIST test set shipped in data/mnist (the first --n images from --offset), or the
+image files given with --image (labelled with the model's own predictions).";
 
 /// Adversarial attacks and robustness tests for candle image classifiers.
 #[derive(Parser, Debug)]
@@ -48,13 +51,18 @@ pub struct Common {
     /// A shipped model name (see `perturb models`) or a path to safetensors weights.
     #[arg(long)]
     pub model: String,
-    /// Architecture of weights given by path: mnist-linear or small-cnn.
+    /// Architecture of weights given by path: mnist-linear, small-cnn or efficientnet-lite0.
     #[arg(long)]
     pub arch: Option<String>,
+    /// Attack these image files (PNG, JPEG; repeat the flag) instead of the MNIST test set. Each
+    /// image's label is the model's own prediction on it; photos are resized to the model's
+    /// input (shorter side, then the central square).
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
     /// Expected sha256 (hex) of weights given by path; loading fails on a mismatch.
     #[arg(long)]
     pub sha256: Option<String>,
-    /// Number of test images.
+    /// Number of MNIST test images.
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
     /// Index of the first test image.
@@ -109,9 +117,10 @@ pub struct AttackArgs {
     pub eps: f32,
     #[command(flatten)]
     pub spec: Spec,
-    /// Targeted attack toward this class; images of that class are skipped.
+    /// Targeted attack toward this class, an index or an ImageNet class name (`toaster`); images
+    /// of that class are skipped.
     #[arg(long)]
-    pub targeted: Option<u32>,
+    pub targeted: Option<String>,
     /// Write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -124,6 +133,11 @@ pub struct AttackArgs {
     /// Write x, x_adv, labels and predictions as safetensors.
     #[arg(long)]
     pub save_adversarials: Option<PathBuf>,
+    /// Write each adversarial image as a lossless PNG into this folder (`<name>.adv.png`, or
+    /// `<index>.adv.png` for MNIST); re-reading one reproduces its prediction up to the 8-bit
+    /// rounding of the file.
+    #[arg(long, value_name = "DIR")]
+    pub save_png: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +191,10 @@ pub struct Loaded {
     pub labels: Tensor,
     pub data_name: String,
     pub batch_size: usize,
+    /// The target class, resolved against the model's classes.
+    pub target: Option<u32>,
+    /// The image files, when the data came from `--image` (after skipping the target's class).
+    pub files: Vec<PathBuf>,
 }
 
 /// Comma-separated numbers.
@@ -201,11 +219,12 @@ fn max_eps(norm: Norm, pixels: usize) -> f32 {
 
 impl Spec {
     /// The attack `name` at radius `eps` with these parameters.
-    pub fn build(&self, name: &str, eps: f32) -> Result<Box<dyn Attack>> {
+    pub fn build(&self, name: &str, eps: f32, input: [usize; 3]) -> Result<Box<dyn Attack>> {
         let norm: Norm = self.norm.parse()?;
-        let limit = max_eps(norm, 28 * 28);
+        let [c, h, w] = input;
+        let limit = max_eps(norm, c * h * w);
         if !(eps.is_finite() && eps > 0.0 && eps <= limit) {
-            bail!("--eps {eps} is out of range: a {norm} budget on 28x28 images needs 0 < eps <= {limit}");
+            bail!("--eps {eps} is out of range: a {norm} budget on {c}x{h}x{w} inputs needs 0 < eps <= {limit}");
         }
         let budget = Budget::new(norm, eps)?;
         Ok(match name {
@@ -228,21 +247,34 @@ impl Spec {
 }
 
 impl Common {
-    /// Load the model and the test images `[offset, offset + n)`, leaving out images of class
-    /// `skip_class` (a targeted attack's target).
-    pub fn load(&self, skip_class: Option<u32>) -> Result<Loaded> {
+    /// Load the model and the data: the `--image` files, or the MNIST test images
+    /// `[offset, offset + n)`; images of the `target` class (a targeted attack's) are left out.
+    pub fn load(&self, target: Option<&str>) -> Result<Loaded> {
         let device = perturb::device::parse(&self.device)?;
         let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
         let model = zoo::resolve(&self.model, arch, self.sha256.as_deref(), &device)?;
         if self.n == 0 || self.batch_size == 0 {
             bail!("--n and --batch-size must be at least 1");
         }
+        let arch = model.arch();
+        let target = target
+            .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
+            .transpose()
+            .context("--targeted")?;
+        if !self.images.is_empty() {
+            return self.load_files(model, target, &device);
+        }
+        if !arch.is_mnist() {
+            bail!(
+                "{} classifies {}x{} RGB photos: give them with --image PATH",
+                self.model,
+                arch.input_shape()[1],
+                arch.input_shape()[2]
+            );
+        }
         let (images, labels) = Mnist::load_test_default(&device)?;
         let (mut images, mut labels) = (images, labels);
-        if let Some(t) = skip_class {
-            if t >= 10 {
-                bail!("--targeted {t} is out of range: the model has 10 classes (0..=9)");
-            }
+        if let Some(t) = target {
             let keep: Vec<u32> = labels
                 .to_vec1::<u32>()?
                 .iter()
@@ -263,7 +295,7 @@ impl Common {
                 self.n
             );
         };
-        let data_name = match skip_class {
+        let data_name = match target {
             None => format!("mnist-test[{}..{end}]", self.offset),
             Some(t) => format!("mnist-test without class {t}[{}..{end}]", self.offset),
         };
@@ -274,6 +306,56 @@ impl Common {
             labels: labels.narrow(0, self.offset, self.n)?,
             data_name,
             batch_size: self.batch_size,
+            target,
+            files: Vec::new(),
+        })
+    }
+
+    /// The `--image` files, labelled with the model's own predictions.
+    fn load_files(
+        &self,
+        model: ZooModel,
+        target: Option<u32>,
+        device: &candle_core::Device,
+    ) -> Result<Loaded> {
+        let [c, h, w] = model.arch().input_shape();
+        let xs = self
+            .images
+            .iter()
+            .map(|p| match c {
+                3 if h == w => load_photo(p, h, Fit::ResizeCrop, device),
+                _ => load_image(p, c, h, w, device),
+            })
+            .collect::<perturb::Result<Vec<_>>>()?;
+        let images = Tensor::stack(&xs, 0)?;
+        let predicted = perturb::eval::predict(&model, &images, self.batch_size)?;
+        let keep: Vec<usize> = (0..predicted.len())
+            .filter(|&i| Some(predicted[i]) != target)
+            .collect();
+        if keep.is_empty() {
+            bail!("every image is already classified as the target class");
+        }
+        let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), device)?;
+        let labels: Vec<u32> = keep.iter().map(|&i| predicted[i]).collect();
+        let files: Vec<PathBuf> = keep.iter().map(|&i| self.images[i].clone()).collect();
+        let data_name = format!(
+            "images {} (labels: the model's predictions)",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(Loaded {
+            model,
+            model_name: self.model.clone(),
+            images: images.index_select(&idx, 0)?,
+            labels: Tensor::new(labels.as_slice(), device)?,
+            data_name,
+            batch_size: self.batch_size,
+            target,
+            files,
         })
     }
 }

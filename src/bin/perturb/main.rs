@@ -62,7 +62,7 @@ fn run(command: Command) -> Result<ExitCode> {
 
 fn models() -> Result<ExitCode> {
     println!(
-        "{:<14} {:<13} {:<9} {:>16}  file",
+        "{:<18} {:<18} {:<9} {:>19}  file",
         "model", "arch", "checksum", "clean accuracy"
     );
     for s in zoo::SHIPPED {
@@ -83,7 +83,7 @@ fn models() -> Result<ExitCode> {
             .or_else(|| zoo::card(s.name).ok()?.get("clean_accuracy").cloned())
             .unwrap_or_else(|| "?".into());
         println!(
-            "{:<14} {:<13} {:<9} {:>16}  {}",
+            "{:<18} {:<18} {:<9} {:>19}  {}",
             s.name,
             s.arch.to_string(),
             status,
@@ -129,10 +129,37 @@ fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
 }
 
 fn attack(a: AttackArgs) -> Result<ExitCode> {
-    let loaded = a.common.load(a.targeted)?;
-    let attack = a.spec.build(&a.attack, a.eps)?;
-    let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), a.targeted)?;
+    let loaded = a.common.load(a.targeted.as_deref())?;
+    let input = loaded.model.arch().input_shape();
+    let attack = a.spec.build(&a.attack, a.eps, input)?;
+    let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
     println!("{}", summary(&run.report));
+    let arch = loaded.model.arch();
+    let name = |c: u32| arch.class_name(c as usize).unwrap_or_default();
+    let o = &run.outcome;
+    for (i, file) in loaded.files.iter().enumerate() {
+        println!(
+            "  {}: {} {} -> {} {}{}",
+            file.display(),
+            o.clean_predictions[i],
+            name(o.clean_predictions[i]),
+            o.adversarial_predictions[i],
+            name(o.adversarial_predictions[i]),
+            if o.success[i] { "" } else { " (attack failed)" }
+        );
+    }
+    if let Some(dir) = &a.save_png {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for i in 0..o.labels.len() {
+            let stem = loaded
+                .files
+                .get(i)
+                .and_then(|f| f.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{}", a.common.offset + i));
+            perturb::data::save_png(&run.x_adv.get(i)?, dir.join(format!("{stem}.adv.png")), 1)?;
+        }
+    }
     if let Some(path) = &a.json {
         report::write_json(&run.report, path)?;
     }
@@ -175,6 +202,7 @@ fn grid(x: &Tensor, x_adv: &Tensor, o: &perturb::metrics::Outcome, path: &Path) 
 
 fn eval(e: EvalArgs) -> Result<ExitCode> {
     let loaded = e.common.load(None)?;
+    let input = loaded.model.arch().input_shape();
     let eps = args::parse_list(&e.eps, "eps")?;
     if eps.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
         bail!("--eps: every value must be finite and >= 0");
@@ -185,13 +213,13 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
     let positive: Vec<f32> = eps.iter().copied().filter(|v| *v > 0.0).collect();
     for name in &names {
         for &v in &positive {
-            e.spec.build(name, v)?;
+            e.spec.build(name, v, input)?;
         }
     }
     let reference = positive.first().copied().unwrap_or(0.1);
     let attacks: Vec<Box<dyn Attack>> = names
         .iter()
-        .map(|name| e.spec.build(name, reference))
+        .map(|name| e.spec.build(name, reference, input))
         .collect::<Result<_>>()?;
     let refs: Vec<&dyn Attack> = attacks.iter().map(|a| a.as_ref()).collect();
     let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
@@ -241,7 +269,9 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
         );
     }
     let loaded = g.common.load(None)?;
-    let attack = g.spec.build(&g.attack, g.eps)?;
+    let attack = g
+        .spec
+        .build(&g.attack, g.eps, loaded.model.arch().input_shape())?;
     let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref(), None)?;
     let r = &run.report;
     if let Some(path) = &g.json {
