@@ -239,3 +239,35 @@ fn untargeted_pgd_at_two_levels_flips_every_sample_photo() {
     );
     assert!(lo >= 0.0 && hi <= 1.0);
 }
+
+/// A single image splits each GEMM over the threads (fewer samples than threads); the bits must
+/// not depend on how many there are.
+#[test]
+fn single_image_logits_and_gradient_do_not_depend_on_thread_count() {
+    let dev = Device::Cpu;
+    let model = zoo::load("efficientnet-lite0", &dev).unwrap();
+    let x = load_photo(photo("rocket.png"), 224, Fit::ResizeCrop, &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let v = Var::from_tensor(&x).unwrap();
+            let logits = model.forward(v.as_tensor()).unwrap();
+            let g = logits.get(0).unwrap().get(657).unwrap().backward().unwrap();
+            let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+            (
+                logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                g.to_vec1::<f32>().unwrap(),
+            )
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&one.0), bits(&two.0), "logits");
+    assert_eq!(bits(&one.1), bits(&two.1), "gradient");
+}
