@@ -1,0 +1,67 @@
+//! Memory stays flat in the number of steps: no graph or tensor survives a PGD step, so the peak
+//! resident memory of PGD-100 is at most 1.2 times that of PGD-10 on the same batch.
+//!
+//! Each attack runs in a fresh child process (this test binary, re-run on the ignored helper),
+//! which reports its peak resident set size (`VmHWM` in /proc/self/status) after the attack.
+
+use std::process::Command;
+
+use candle_core::Device;
+use perturb::data::Mnist;
+use perturb::{zoo, Attack, Budget, Goal, Pgd};
+
+/// Peak resident set size of this process, in KiB (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+#[ignore = "helper run in a child process by pgd_memory_is_flat_in_the_number_of_steps"]
+fn child_runs_pgd() {
+    let Ok(steps) = std::env::var("PERTURB_MEMORY_STEPS") else {
+        return;
+    };
+    let steps: usize = steps.parse().unwrap();
+    let dev = Device::Cpu;
+    let model = zoo::load("mnist-cnn", &dev).unwrap();
+    let (x, y) = Mnist::load_test_default(&dev).unwrap();
+    let (x, y) = (x.narrow(0, 0, 32).unwrap(), y.narrow(0, 0, 32).unwrap());
+    // ε small enough that few digits fall early; early stop off, so every step runs on all 32
+    let pgd = Pgd::new(Budget::linf(0.05).unwrap())
+        .steps(steps)
+        .check_gradient(false);
+    let adv = pgd.run(&model, &x, &Goal::untargeted(&y)).unwrap();
+    assert_eq!(adv.gradient_evals, 32 * steps);
+    println!("PEAK_RSS_KIB {}", peak_rss_kib().unwrap());
+}
+
+fn child_peak(steps: usize) -> u64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["child_runs_pgd", "--exact", "--ignored", "--nocapture"])
+        .env("PERTURB_MEMORY_STEPS", steps.to_string())
+        .output()
+        .expect("spawn child");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_RSS_KIB "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak in child output:\n{stdout}"))
+}
+
+#[test]
+fn pgd_memory_is_flat_in_the_number_of_steps() {
+    if peak_rss_kib().is_none() {
+        eprintln!("no /proc/self/status: skipped (Linux only)");
+        return;
+    }
+    let (ten, hundred) = (child_peak(10), child_peak(100));
+    println!("peak RSS: PGD-10 {ten} KiB, PGD-100 {hundred} KiB");
+    assert!(
+        hundred as f64 <= 1.2 * ten as f64,
+        "PGD-100 peaked at {hundred} KiB, PGD-10 at {ten} KiB"
+    );
+}
