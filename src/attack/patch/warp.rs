@@ -38,8 +38,7 @@ impl Placement {
 /// Where the centre of a randomly placed patch may fall.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Region {
-    /// Anywhere the (scaled, unrotated) patch fits inside the image, its corner on a whole
-    /// pixel when the scaled size allows.
+    /// Anywhere the (scaled, unrotated) patch fits inside the image.
     Anywhere,
     /// The patch fits inside the rectangle of rows `top..bottom`, columns `left..right`.
     Within {
@@ -177,24 +176,11 @@ impl Transforms {
                         reason: "the scaled patch does not fit inside it",
                     });
                 }
-                // The top-left corner on a whole pixel when one fits, as a pixel position is drawn
-                // in the reference implementations: a fractional offset would resample (blur) the
-                // patch on every paste, a transformation nobody asked for.
-                let pick = |rng: &mut R, a: f32, b: f32, size: f32| {
-                    let (first, last) = ((a - size / 2.0).ceil(), (b - size / 2.0).floor());
-                    if last > first {
-                        rng.random_range(first as i64..=last as i64) as f32 + size / 2.0
-                    } else if last == first {
-                        first + size / 2.0
-                    } else if b > a {
-                        rng.random_range(a..=b)
-                    } else {
-                        a
-                    }
-                };
+                let pick =
+                    |rng: &mut R, a: f32, b: f32| if b > a { rng.random_range(a..=b) } else { a };
                 Placement {
-                    cy: pick(rng, y0, y1, sh),
-                    cx: pick(rng, x0, x1, sw),
+                    cy: pick(rng, y0, y1),
+                    cx: pick(rng, x0, x1),
                     scale,
                     angle,
                 }
