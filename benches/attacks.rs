@@ -130,13 +130,19 @@ fn benches(c: &mut Criterion) {
 
     // EfficientNet-Lite0 (224×224 photos): batch 1 and 8 only, a PGD-10 at batch 8 is already
     // about 20 s on two cores.
-    let photos: Vec<Tensor> = ["chelsea", "coffee", "rocket", "astronaut", "motorcycle_left"]
-        .iter()
-        .map(|p| {
-            let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
-            load_photo(path, 224, Fit::ResizeCrop, &dev).expect("photo")
-        })
-        .collect();
+    let photos: Vec<Tensor> = [
+        "chelsea",
+        "coffee",
+        "rocket",
+        "astronaut",
+        "motorcycle_left",
+    ]
+    .iter()
+    .map(|p| {
+        let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
+        load_photo(path, 224, Fit::ResizeCrop, &dev).expect("photo")
+    })
+    .collect();
     let net = zoo::load("efficientnet-lite0", &dev).expect("model");
     let pgd10_photo = Pgd::new(Budget::linf(2.0 / 255.0).expect("budget"))
         .steps(10)

@@ -54,13 +54,19 @@ fn main() -> Result<()> {
     let dev = perturb::device::parse(&device)?;
     let cpu = Device::Cpu;
     let (digits, digit_labels) = Mnist::load_test_default(&cpu)?;
-    let photos: Vec<Tensor> = ["chelsea", "coffee", "rocket", "astronaut", "motorcycle_left"]
-        .iter()
-        .map(|p| {
-            let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
-            load_photo(path, 224, Fit::ResizeCrop, &cpu)
-        })
-        .collect::<perturb::Result<_>>()?;
+    let photos: Vec<Tensor> = [
+        "chelsea",
+        "coffee",
+        "rocket",
+        "astronaut",
+        "motorcycle_left",
+    ]
+    .iter()
+    .map(|p| {
+        let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
+        load_photo(path, 224, Fit::ResizeCrop, &cpu)
+    })
+    .collect::<perturb::Result<_>>()?;
     let mut rows = Vec::new();
     println!(
         "{:<20} {:>5} {:>11} {:>13} {:>11} {:>9} {:>10} {:>9}",
@@ -90,15 +96,19 @@ fn main() -> Result<()> {
             let gc = loss_and_grad(&on_cpu, &x, &Goal::untargeted(&y), Loss::CrossEntropy)?.grad;
             let scale = gc.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-12);
             let dg = max_abs_diff(&gd, &gc)? / scale;
-            let eps = if name.starts_with("mnist") { 0.1 } else { 2.0 / 255.0 };
-            let pgd = Pgd::new(Budget::linf(eps)?)
-                .steps(10)
-                .check_gradient(false);
+            let eps = if name.starts_with("mnist") {
+                0.1
+            } else {
+                2.0 / 255.0
+            };
+            let pgd = Pgd::new(Budget::linf(eps)?).steps(10).check_gradient(false);
             let fwd = median_ms(reps, &dev, || Ok(on_dev.forward(&xd).map(|_| ())?))?;
             let grad = median_ms(reps, &dev, || {
                 Ok(loss_and_grad(&on_dev, &xd, &goal, Loss::CrossEntropy).map(|_| ())?)
             })?;
-            let pgd_ms = median_ms(reps.min(3), &dev, || Ok(pgd.run(&on_dev, &xd, &goal).map(|_| ())?))?;
+            let pgd_ms = median_ms(reps.min(3), &dev, || {
+                Ok(pgd.run(&on_dev, &xd, &goal).map(|_| ())?)
+            })?;
             let ips = n as f64 / (pgd_ms / 1e3);
             println!(
                 "{name:<20} {n:>5} {fwd:>11.2} {grad:>13.2} {pgd_ms:>11.1} {ips:>9.0} {dl:>10.2e} {dg:>9.2e}"

@@ -157,3 +157,92 @@ fn shipped_models_have_stock_gradients_to_1e_5() {
         );
     }
 }
+
+/// The depthwise layer (EfficientNet's), both its CPU kernel and its composed path for other
+/// devices, against candle's own grouped `conv2d` on explicitly padded input: values and input
+/// gradients, strides 1 and 2, odd and even sizes, with and without ReLU6.
+#[test]
+fn depthwise_layer_matches_candle_grouped_conv2d() {
+    use perturb::layers::{same_padding, DepthwiseConv2d};
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(7);
+    // (batch, channels, kernel, stride, height, width)
+    let cases = [
+        (2, 3, 3, 1, 7, 9),
+        (1, 4, 3, 2, 8, 8),
+        (3, 2, 5, 2, 9, 6),
+        (2, 5, 5, 1, 6, 7),
+        (1, 2, 3, 2, 5, 5),
+    ];
+    for (n, c, k, s, h, w) in cases {
+        // weights large enough that ReLU6 clips at both ends
+        let weight = Tensor::from_vec(
+            common::uniform(&mut rng, c * k * k, 2.0),
+            (c, 1, k, k),
+            &dev,
+        )
+        .unwrap();
+        let bias = Tensor::from_vec(common::uniform(&mut rng, c, 1.0), c, &dev).unwrap();
+        let x = Var::from_tensor(
+            &(Tensor::from_vec(common::pixels(&mut rng, n * c * h * w), (n, c, h, w), &dev)
+                .unwrap()
+                * 4.0)
+                .unwrap(),
+        )
+        .unwrap();
+        for relu6 in [false, true] {
+            let mut layer = DepthwiseConv2d::new(weight.clone(), Some(bias.clone()), s).unwrap();
+            if relu6 {
+                layer = layer.with_relu6();
+            }
+            assert!(layer.is_fast());
+            let reference = |x: &Tensor| -> candle_core::Result<Tensor> {
+                let (pt, pb) = same_padding(h, k, s);
+                let (pl, pr) = same_padding(w, k, s);
+                let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+                let y = xp
+                    .conv2d(&weight, 0, s, 1, c)?
+                    .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+                if relu6 {
+                    y.clamp(0f32, 6f32)
+                } else {
+                    Ok(y)
+                }
+            };
+            let want = reference(x.as_tensor()).unwrap();
+            for (path, got) in [
+                ("kernel", layer.forward(x.as_tensor()).unwrap()),
+                ("composed", layer.forward_stock(x.as_tensor()).unwrap()),
+            ] {
+                assert_eq!(got.dims(), want.dims(), "{path} {n} {c} {k} {s} {h} {w}");
+                let d = max_abs_diff(&got, &want);
+                assert!(d < 1e-5, "{path}: values differ by {d}");
+            }
+            // input gradients of a random linear functional of the output
+            let probe = Tensor::from_vec(
+                common::uniform(&mut rng, want.elem_count(), 1.0),
+                want.dims(),
+                &dev,
+            )
+            .unwrap();
+            let grad = |y: Tensor| {
+                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(x.as_tensor()).unwrap().clone()
+            };
+            let g_want = grad(reference(x.as_tensor()).unwrap());
+            for (path, g) in [
+                ("kernel", grad(layer.forward(x.as_tensor()).unwrap())),
+                (
+                    "composed",
+                    grad(layer.forward_stock(x.as_tensor()).unwrap()),
+                ),
+            ] {
+                let d = max_abs_diff(&g, &g_want);
+                assert!(
+                    d < 1e-4 * max_abs(&g_want).max(1.0),
+                    "{path}: input gradients differ by {d} ({n} {c} {k} {s} {h} {w} relu6 {relu6})"
+                );
+            }
+        }
+    }
+}

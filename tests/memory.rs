@@ -43,7 +43,11 @@ fn child_peak(steps: usize) -> u64 {
         .env("PERTURB_MEMORY_STEPS", steps.to_string())
         .output()
         .expect("spawn child");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()

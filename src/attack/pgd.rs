@@ -290,6 +290,10 @@ fn take_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor> {
     if is_identity(rows, t.dim(0)?) {
         return Ok(t.clone());
     }
+    if rows.is_empty() {
+        // an empty view: CUDA refuses to launch an index_select over no rows
+        return Ok(t.narrow(0, 0, 0)?);
+    }
     let idx = Tensor::from_slice(rows, rows.len(), t.device())?;
     Ok(t.index_select(&idx, 0)?)
 }

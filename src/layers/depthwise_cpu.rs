@@ -1,6 +1,6 @@
 //! Depthwise 2-D convolution (one `k × k` filter per channel, TensorFlow "same" padding, any
-//! stride) with constant weights: a direct CPU kernel with an input-only backward, and candle's
-//! grouped `conv2d` everywhere else.
+//! stride) with constant weights: a direct CPU kernel with an input-only backward, and a sum of
+//! shifted views built from candle ops everywhere else.
 //!
 //! candle runs a grouped convolution as one convolution per group, so a depthwise layer of 672
 //! channels is 672 tiny im2col products forward and 672 `conv_transpose2d` calls backward, plus
@@ -33,8 +33,9 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
 /// optional fused ReLU6.
 ///
 /// With constant `f32` weights on the CPU it runs a direct kernel whose backward computes only
-/// the input gradient; otherwise (weights being trained, other devices) it is candle's grouped
-/// `conv2d` with stock autograd. Both agree to float rounding.
+/// the input gradient; otherwise (weights being trained, other devices) it is composed of candle
+/// ops with stock autograd ([`forward_stock`](Self::forward_stock)). Both agree to float
+/// rounding.
 ///
 /// ```
 /// use candle_core::{Device, Module, Tensor, Var};
@@ -121,17 +122,52 @@ impl DepthwiseConv2d {
         self.fast.is_some()
     }
 
-    /// The same computation with candle's grouped `conv2d` and stock autograd.
+    /// The same computation with candle ops and stock autograd, for weights being trained and
+    /// for other devices: a sum over the `K²` taps of shifted (and, for stride 2, subsampled)
+    /// views of the padded input times one weight per channel. candle's grouped `conv2d` would
+    /// run one convolution per channel, hundreds of kernel launches per layer on a GPU.
     ///
     /// # Errors
     /// Shape errors from candle.
     pub fn forward_stock(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
+        let (n, c, h, w) = x.dims4()?;
         let k = self.weight.dim(2)?;
-        let (pt, pb) = same_padding(h, k, self.stride);
-        let (pl, pr) = same_padding(w, k, self.stride);
-        let xp = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        let y = xp.conv2d(&self.weight, 0, self.stride, 1, c)?;
+        let s = self.stride;
+        let (pt, pb) = same_padding(h, k, s);
+        let (pl, pr) = same_padding(w, k, s);
+        let (oh, ow) = ((h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1);
+        // s − 1 extra zero rows and columns at the end let every tap take s·o rows and columns
+        let xp = x
+            .pad_with_zeros(2, pt, pb + s - 1)?
+            .pad_with_zeros(3, pl, pr + s - 1)?;
+        let mut y: Option<Tensor> = None;
+        for i in 0..k {
+            for j in 0..k {
+                let tap = xp.narrow(2, i, s * oh)?.narrow(3, j, s * ow)?;
+                let tap = if s == 1 {
+                    tap
+                } else {
+                    tap.contiguous()?
+                        .reshape((n, c, oh, s, ow, s))?
+                        .narrow(3, 0, 1)?
+                        .narrow(5, 0, 1)?
+                        .reshape((n, c, oh, ow))?
+                };
+                let wij = self
+                    .weight
+                    .narrow(2, i, 1)?
+                    .narrow(3, j, 1)?
+                    .reshape((1, c, 1, 1))?;
+                let term = tap.broadcast_mul(&wij)?;
+                y = Some(match y {
+                    Some(acc) => (acc + term)?,
+                    None => term,
+                });
+            }
+        }
+        let Some(y) = y else {
+            candle_core::bail!("depthwise conv2d: empty kernel")
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, c, 1, 1))?)?,
             None => y,
