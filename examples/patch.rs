@@ -88,6 +88,7 @@ fn grid(
 
 fn main() -> Result<()> {
     let mut model_name = "mnist-cnn".to_string();
+    let mut loss = perturb::Loss::CrossEntropy;
     let (mut areas, mut targets) = (vec![0.05f32, 0.082, 0.154, 0.216, 0.25], vec![0u32, 8]);
     let (mut steps, mut batch, mut lr, mut rotation) = (1000usize, 128usize, 0.1f32, 20f32);
     let (mut eval_n, mut seed, mut out, mut sticker) =
@@ -107,6 +108,7 @@ fn main() -> Result<()> {
             "--seed" => seed = value()?.parse()?,
             "--out" => out = PathBuf::from(value()?),
             "--no-sticker" => sticker = false,
+            "--cw-kappa" => loss = perturb::Loss::cw(value()?.parse()?)?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -133,6 +135,7 @@ fn main() -> Result<()> {
                 .batch_size(batch)
                 .optimizer(perturb::attack::PatchOptimizer::Adam { lr })
                 .transforms(transforms)
+                .loss(loss)
                 .seed(seed);
             let start = Instant::now();
             let trained = attack.train(&model, &mnist.train_images)?;

@@ -60,6 +60,7 @@ pub struct PatchAttack {
     region: Region,
     transforms: Transforms,
     tv_weight: f32,
+    loss: Loss,
     seed: u64,
 }
 
@@ -121,6 +122,7 @@ impl PatchAttack {
             region: Region::Anywhere,
             transforms: Transforms::default(),
             tv_weight: 0.0,
+            loss: Loss::CrossEntropy,
             seed: 0,
         }
     }
@@ -158,6 +160,14 @@ impl PatchAttack {
     /// EOT ranges (default none).
     pub fn transforms(mut self, transforms: Transforms) -> Self {
         self.transforms = transforms;
+        self
+    }
+
+    /// The targeted objective the patch descends: cross-entropy toward the target (default, as
+    /// Brown et al.), or a Carlini–Wagner margin capped at κ, which stops pushing images that
+    /// are already κ into the target class and spends the steps on the others.
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.loss = loss;
         self
     }
 
@@ -260,7 +270,8 @@ impl PatchAttack {
             }
             let targets = Tensor::full(self.target, batch.len(), dev)?;
             // the objective is ascended by attacks; a targeted patch descends its negation
-            let ce = Loss::CrossEntropy
+            let ce = self
+                .loss
                 .objective(&logits, &targets, true)?
                 .neg()?
                 .mean_all()?;
