@@ -25,12 +25,12 @@ use perturb::zoo;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 struct Point {
     target: u32,
     area: f32,
     side: usize,
-    placement: &'static str,
+    placement: String,
     rotation_deg: f32,
     steps: usize,
     success_rate: f64,
@@ -108,6 +108,15 @@ fn main() -> Result<()> {
             "--seed" => seed = value()?.parse()?,
             "--out" => out = PathBuf::from(value()?),
             "--no-sticker" => sticker = false,
+            "--replot" => {
+                // redraw patch_curve.png from the JSON of an earlier run in DIR
+                let dir = PathBuf::from(value()?);
+                let points: Vec<Point> = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("patch_curve.json"))
+                        .context("reading patch_curve.json")?,
+                )?;
+                return plot(&points, &dir.join("patch_curve.png"));
+            }
             "--cw-kappa" => loss = perturb::Loss::cw(value()?.parse()?)?,
             other => bail!("unknown flag {other}"),
         }
@@ -183,7 +192,7 @@ fn main() -> Result<()> {
                 target,
                 area,
                 side,
-                placement: "anywhere",
+                placement: "anywhere".into(),
                 rotation_deg: rotation,
                 steps,
                 success_rate: e.success_rate,
@@ -230,7 +239,7 @@ fn main() -> Result<()> {
             target,
             area,
             side,
-            placement: "fixed centre",
+            placement: "fixed centre".into(),
             rotation_deg: 0.0,
             steps: 300.min(steps.max(1)),
             success_rate: e.success_rate,
@@ -241,6 +250,64 @@ fn main() -> Result<()> {
     }
     let json = out.join("patch_curve.json");
     std::fs::write(&json, serde_json::to_string_pretty(&points)? + "\n")?;
-    println!("wrote {}", json.display());
+    plot(&points, &out.join("patch_curve.png"))?;
+    println!("wrote {} and patch_curve.png", json.display());
+    Ok(())
+}
+
+/// The reference measurements (a PyTorch implementation of the same algorithm on a
+/// SmallCNN of 99.1 % clean accuracy): (area %, success % toward 8, toward 0).
+const REFERENCE: [(f32, f64, f64); 3] = [(8.2, 7.6, 0.6), (15.4, 24.4, 3.4), (21.6, 51.9, 20.4)];
+
+/// Success versus area: each target's patch and noise, and the reference table.
+fn plot(points: &[Point], path: &std::path::Path) -> Result<()> {
+    use perturb::report::{plot_lines, Line};
+    let mut lines = Vec::new();
+    let mut targets: Vec<u32> = points
+        .iter()
+        .filter(|p| p.placement == "anywhere")
+        .map(|p| p.target)
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    for t in targets {
+        let anywhere: Vec<&Point> = points
+            .iter()
+            .filter(|p| p.target == t && p.placement == "anywhere")
+            .collect();
+        for (what, noise) in [("patch", false), ("noise", true)] {
+            lines.push(Line {
+                name: format!("{what} -> {t}"),
+                points: anywhere
+                    .iter()
+                    .map(|p| {
+                        let rate = if noise {
+                            p.noise_success_rate
+                        } else {
+                            p.success_rate
+                        };
+                        (100.0 * p.area, rate)
+                    })
+                    .collect(),
+                thin: false,
+            });
+        }
+        if t == 8 || t == 0 {
+            lines.push(Line {
+                name: format!("reference -> {t} (PyTorch)"),
+                points: REFERENCE
+                    .iter()
+                    .map(|&(a, r8, r0)| (a, if t == 8 { r8 } else { r0 } / 100.0))
+                    .collect(),
+                thin: true,
+            });
+        }
+    }
+    plot_lines(
+        "universal patch anywhere, rotation +-20 deg: targeted success",
+        ("patch area (% of the image)", "targeted success rate"),
+        &lines,
+        path,
+    )?;
     Ok(())
 }

@@ -139,72 +139,139 @@ pub fn plot_curve(sweep: &Sweep, path: &Path) -> Result<()> {
             reason: "nothing to plot",
         });
     }
-    register_font();
-    let (w, h) = CURVE_SIZE;
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    let max_eps = sweep
-        .reports
-        .iter()
-        .map(|r| r.attack.eps)
-        .fold(0f32, f32::max)
-        .max(1e-6);
-    let mut lines: Vec<(String, Vec<(f32, f64)>)> = Vec::new();
+    let mut lines: Vec<Line> = Vec::new();
     for r in &sweep.reports {
         let key = format!("{} ({})", r.attack.name, r.attack.norm);
         let point = (r.attack.eps, r.robust_accuracy);
-        match lines.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, pts)) => pts.push(point),
-            None => lines.push((key, vec![point])),
+        match lines.iter_mut().find(|l| l.name == key) {
+            Some(l) => l.points.push(point),
+            None => lines.push(Line {
+                name: key,
+                points: vec![point],
+                thin: false,
+            }),
         }
     }
+    if lines.len() > 1 {
+        lines.push(Line {
+            name: "worst case".into(),
+            points: sweep
+                .worst_case
+                .iter()
+                .map(|p| (p.eps, p.robust_accuracy))
+                .collect(),
+            thin: true,
+        });
+    }
+    plot_lines(
+        &format!("{}: accuracy vs eps", sweep.model),
+        ("eps", "robust accuracy"),
+        &lines,
+        path,
+    )
+}
+
+/// One line of [`plot_lines`]: a legend name and its points `(x, y)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Legend entry.
+    pub name: String,
+    /// Points in drawing order.
+    pub points: Vec<(f32, f64)>,
+    /// A thin black line without markers (a reference or an envelope) instead of a coloured one.
+    pub thin: bool,
+}
+
+/// Plot lines of `y ∈ [0, 1]` against `x ≥ 0` as a PNG of [`CURVE_SIZE`], with a legend; the
+/// axis text uses the embedded font, so no system fonts are needed.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] without points, [`Error::Io`] when drawing or writing fails.
+pub fn plot_lines(
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    lines: &[Line],
+    path: &Path,
+) -> Result<()> {
+    if lines.iter().all(|l| l.points.is_empty()) {
+        return Err(Error::InvalidParameter {
+            name: "lines",
+            value: "no points".into(),
+            reason: "nothing to plot",
+        });
+    }
+    register_font();
+    let (w, h) = CURVE_SIZE;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let max_x = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .fold(0f32, f32::max)
+        .max(1e-6);
+    // The legend goes where the lines are not: top left when they mostly rise.
+    let rising = lines
+        .iter()
+        .filter_map(|l| Some(l.points.last()?.1 - l.points.first()?.1))
+        .sum::<f64>()
+        > 0.0;
+    let legend = if rising {
+        SeriesLabelPosition::UpperLeft
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let draw = |e: &dyn std::fmt::Display| io_error(path, e);
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{}: accuracy vs eps", sweep.model), (FAMILY, 22))
+            .caption(title, (FAMILY, 22))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f32..max_eps, 0f64..1.02f64)
+            .build_cartesian_2d(0f32..max_x, 0f64..1.02f64)
             .map_err(|e| draw(&e))?;
         chart
             .configure_mesh()
-            .x_desc("eps")
-            .y_desc("robust accuracy")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .label_style((FAMILY, 14))
             .draw()
             .map_err(|e| draw(&e))?;
-        for (i, (name, pts)) in lines.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
+        let mut coloured = 0;
+        for line in lines {
+            let pts = line.points.iter().copied();
+            if line.thin {
+                chart
+                    .draw_series(LineSeries::new(pts, BLACK.stroke_width(1)))
+                    .map_err(|e| draw(&e))?
+                    .label(line.name.clone())
+                    .legend(|(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(1))
+                    });
+                continue;
+            }
+            let color = COLORS[coloured % COLORS.len()];
+            coloured += 1;
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| draw(&e))?
-                .label(name.clone())
+                .label(line.name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
                 });
             chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|&p| Circle::new(p, 3, color.filled())),
+                )
                 .map_err(|e| draw(&e))?;
-        }
-        if lines.len() > 1 {
-            let pts: Vec<(f32, f64)> = sweep
-                .worst_case
-                .iter()
-                .map(|p| (p.eps, p.robust_accuracy))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, BLACK.stroke_width(1)))
-                .map_err(|e| draw(&e))?
-                .label("worst case")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(1)));
         }
         chart
             .configure_series_labels()
             .label_font((FAMILY, 14))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .draw()
             .map_err(|e| draw(&e))?;
         root.present().map_err(|e| draw(&e))?;
