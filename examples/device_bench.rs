@@ -6,7 +6,7 @@
 //! cargo run --release --example device_bench                      # cpu
 //! cargo run --release --features cuda --example device_bench -- --device cuda --json cuda.json
 //! ```
-//! Each figure is the median of `--reps` (default 5) runs after one warm-up; on CUDA every run
+//! `--model NAME` restricts the run to one model. Each figure is the median of `--reps` (default 5) runs after one warm-up; on CUDA every run
 //! ends with a device synchronisation. MNIST models use the first test digits, EfficientNet-Lite0
 //! the five sample photos repeated to the batch size.
 
@@ -41,6 +41,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 fn main() -> Result<()> {
     let (mut device, mut reps, mut json) = ("cpu".to_string(), 5usize, None::<PathBuf>);
+    let mut only: Option<String> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -48,6 +49,7 @@ fn main() -> Result<()> {
             "--device" => device = value()?,
             "--reps" => reps = value()?.parse()?,
             "--json" => json = Some(value()?.into()),
+            "--model" => only = Some(value()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -77,6 +79,9 @@ fn main() -> Result<()> {
         ("mnist-cnn-robust", vec![128]),
         ("efficientnet-lite0", vec![1usize, 8, 32]),
     ] {
+        if only.as_deref().is_some_and(|m| m != name) {
+            continue;
+        }
         let on_cpu = zoo::load(name, &cpu)?;
         let on_dev = zoo::load(name, &dev)?;
         for n in batches {

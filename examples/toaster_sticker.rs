@@ -3,7 +3,7 @@
 //! al. 2017), measured on held-out crops beside a uniform-noise patch at the same placements.
 //!
 //! ```sh
-//! cargo run --release --example toaster_sticker                 # ~15 min on 2 cores
+//! cargo run --release --example toaster_sticker                 # ~8 min on 2 cores
 //! cargo run --release --example toaster_sticker -- --steps 50 --area 0.1
 //! ```
 //! Flags (defaults): `--target toaster`, `--area 0.1` (of the 224×224 image), `--steps 300`,
