@@ -338,9 +338,20 @@ impl CustomOp1 for ConstConv {
         )
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        let grad = if self.act == Act::Linear {
+        let grad = if self.c < self.o {
+            // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
+            // over the O outputs and scatters C·K² columns back, where the full convolution
+            // would build an O·K²-row im2col of the upstream gradient.
+            let (_, _, h, w) = arg.dims4()?;
+            let op = Col2imGrad {
+                conv: self.clone(),
+                h,
+                w,
+            };
+            grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
+        } else if self.act == Act::Linear {
             grad.apply_op1(self.input_gradient())?
         } else {
             // Not differentiable again: attacks need first-order gradients only.
@@ -348,5 +359,124 @@ impl CustomOp1 for ConstConv {
             grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
         };
         Ok(Some(grad))
+    }
+}
+
+/// Input gradient by col2im: per sample, `cols = Wᵀ · G` (`[C·KH·KW, OH·OW]`, one GEMM over the
+/// `O` output channels of the upstream gradient `G`, masked by the activation), then every
+/// column entry is added back onto the input pixel it was read from. Inputs: (upstream
+/// gradient, the layer's output).
+struct Col2imGrad {
+    conv: ConstConv,
+    h: usize,
+    w: usize,
+}
+
+impl Col2imGrad {
+    /// One sample: `g` (`[O, OH·OW]`, masked) into `dst` (`[C, H, W]`, zeroed).
+    fn sample(&self, g: &[f32], col: &mut [f32], dst: &mut [f32], par: gemm::Parallelism) {
+        let cv = &self.conv;
+        let (h, w) = (self.h, self.w);
+        let Some((oh, ow)) = cv.out_hw(h, w) else {
+            return;
+        };
+        let (ohw, ck) = (oh * ow, cv.c * cv.kh * cv.kw);
+        debug_assert!(g.len() >= cv.o * ohw && col.len() >= ck * ohw && cv.w.len() == cv.o * ck);
+        // SAFETY: `col` is `[CK, OHW]` row-major, `cv.w` is `[O, CK]` read as its transpose
+        // `[CK, O]` (column stride CK, row stride 1), `g` is `[O, OHW]`; all within bounds
+        // (checked above and by the caller).
+        unsafe {
+            gemm::gemm(
+                ck,
+                ohw,
+                cv.o,
+                col.as_mut_ptr(),
+                1,
+                ohw as isize,
+                false,
+                cv.w.as_ptr(),
+                ck as isize,
+                1,
+                g.as_ptr(),
+                1,
+                ohw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        let (ph, pw) = (cv.ph, cv.pw);
+        for ci in 0..cv.c {
+            let plane = &mut dst[ci * h * w..][..h * w];
+            for i in 0..cv.kh {
+                for j in 0..cv.kw {
+                    let row = &col[((ci * cv.kh + i) * cv.kw + j) * ohw..][..ohw];
+                    // output columns whose input column ox + j − pw lies in [0, w)
+                    let lo = pw.saturating_sub(j);
+                    let hi = (w + pw).saturating_sub(j).min(ow);
+                    for oy in 0..oh {
+                        let Some(y) = (oy + i).checked_sub(ph).filter(|&y| y < h) else {
+                            continue;
+                        };
+                        let drow = &mut plane[y * w..][..w];
+                        let srow = &row[oy * ow..][..ow];
+                        for ox in lo..hi {
+                            drow[ox + j - pw] += srow[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp2 for Col2imGrad {
+    fn name(&self) -> &'static str {
+        "perturb-const-conv2d-col2im-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let cv = &self.conv;
+        let (n, o, oh, ow) = l1.shape().dims4()?;
+        if l1.shape() != l2.shape() || o != cv.o || cv.out_hw(self.h, self.w) != Some((oh, ow)) {
+            candle_core::bail!("const conv2d col2im grad: gradient shape does not fit the layer")
+        }
+        let g = super::f32_slice(s1, l1, "const conv2d col2im grad")?;
+        let r = super::f32_slice(s2, l2, "const conv2d col2im grad")?;
+        let (ohw, in_len) = (oh * ow, cv.c * self.h * self.w);
+        let col_len = cv.c * cv.kh * cv.kw * ohw;
+        let mut gx = vec![0f32; n * in_len];
+        let run = |(masked, col): &mut (Vec<f32>, Vec<f32>),
+                   (i, dst): (usize, &mut [f32]),
+                   par: gemm::Parallelism| {
+            let gs = &g[i * o * ohw..][..o * ohw];
+            let rs = &r[i * o * ohw..][..o * ohw];
+            for ((m, &gv), &rv) in masked.iter_mut().zip(gs).zip(rs) {
+                *m = if cv.act.passes(rv) { gv } else { 0.0 };
+            }
+            self.sample(masked, col, dst, par);
+        };
+        let scratch = || (vec![0f32; o * ohw], vec![0f32; col_len]);
+        let threads = rayon::current_num_threads();
+        if n >= threads {
+            gx.par_chunks_mut(in_len.max(1))
+                .enumerate()
+                .for_each_init(scratch, |s, job| run(s, job, gemm::Parallelism::None));
+        } else {
+            let mut s = scratch();
+            for job in gx.chunks_mut(in_len.max(1)).enumerate() {
+                run(&mut s, job, gemm::Parallelism::Rayon(threads));
+            }
+        }
+        Ok((CpuStorage::F32(gx), Shape::from((n, cv.c, self.h, self.w))))
     }
 }
