@@ -263,21 +263,32 @@ impl ConstConv {
                 vec![0f32; if mask.is_some() { in_len } else { 0 }],
             )
         };
-        let threads = rayon::current_num_threads();
-        if n >= threads {
-            // One sample per task, each GEMM on one thread.
-            out.par_chunks_mut(out_len.max(1))
-                .enumerate()
-                .for_each_init(scratch, |s, job| run(s, job, gemm::Parallelism::None));
-        } else {
-            // Fewer samples than threads (a single image): samples in turn, each GEMM split over
-            // the threads. gemm splits the output, never the sum, so the bits do not depend on it.
-            let mut s = scratch();
-            for job in out.chunks_mut(out_len.max(1)).enumerate() {
-                run(&mut s, job, gemm::Parallelism::Rayon(threads));
-            }
-        }
+        for_each_sample(&mut out, out_len, scratch, run);
         Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
+    }
+}
+
+/// Run `job(scratch, (sample, its chunk of out), parallelism)` for every `len`-long chunk of
+/// `out`: one sample per rayon task with single-threaded GEMMs when there are at least as many
+/// samples as threads; otherwise (a single image) the samples in turn, each GEMM split over the
+/// threads. gemm splits the output, never the sum, so the bits do not depend on the choice.
+fn for_each_sample<S>(
+    out: &mut [f32],
+    len: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    job: impl Fn(&mut S, (usize, &mut [f32]), gemm::Parallelism) + Sync + Send,
+) {
+    let len = len.max(1);
+    let threads = rayon::current_num_threads();
+    if out.len() / len >= threads {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(scratch, |s, chunk| job(s, chunk, gemm::Parallelism::None));
+    } else {
+        let mut s = scratch();
+        for chunk in out.chunks_mut(len).enumerate() {
+            job(&mut s, chunk, gemm::Parallelism::Rayon(threads));
+        }
     }
 }
 
@@ -466,17 +477,7 @@ impl CustomOp2 for Col2imGrad {
             self.sample(masked, col, dst, par);
         };
         let scratch = || (vec![0f32; o * ohw], vec![0f32; col_len]);
-        let threads = rayon::current_num_threads();
-        if n >= threads {
-            gx.par_chunks_mut(in_len.max(1))
-                .enumerate()
-                .for_each_init(scratch, |s, job| run(s, job, gemm::Parallelism::None));
-        } else {
-            let mut s = scratch();
-            for job in gx.chunks_mut(in_len.max(1)).enumerate() {
-                run(&mut s, job, gemm::Parallelism::Rayon(threads));
-            }
-        }
+        for_each_sample(&mut gx, in_len, scratch, run);
         Ok((CpuStorage::F32(gx), Shape::from((n, cv.c, self.h, self.w))))
     }
 }
