@@ -57,9 +57,16 @@ impl Act {
         }
     }
 
+    /// `out = g` where the gradient passes (by the activated output `r`), 0 where it is flat.
+    pub(super) fn mask(self, g: &[f32], r: &[f32], out: &mut [f32]) {
+        for ((o, &gv), &rv) in out.iter_mut().zip(g).zip(r) {
+            *o = if self.passes(rv) { gv } else { 0.0 };
+        }
+    }
+
     /// Whether the gradient passes at a point whose activated output is `r`.
     #[inline]
-    pub(super) fn passes(self, r: f32) -> bool {
+    fn passes(self, r: f32) -> bool {
         match self {
             Act::Linear => true,
             Act::Relu => r > 0.0,
@@ -249,9 +256,7 @@ impl ConstConv {
             match mask {
                 Some((m, act)) => {
                     let m = &m[i * in_len..(i + 1) * in_len];
-                    for ((d, &g), &r) in masked.iter_mut().zip(src).zip(m) {
-                        *d = if act.passes(r) { g } else { 0.0 };
-                    }
+                    act.mask(src, m, masked);
                     self.sample(masked, (h, w), col, dst, par);
                 }
                 None => self.sample(src, (h, w), col, dst, par),
@@ -471,9 +476,7 @@ impl CustomOp2 for Col2imGrad {
                    par: gemm::Parallelism| {
             let gs = &g[i * o * ohw..][..o * ohw];
             let rs = &r[i * o * ohw..][..o * ohw];
-            for ((m, &gv), &rv) in masked.iter_mut().zip(gs).zip(rs) {
-                *m = if cv.act.passes(rv) { gv } else { 0.0 };
-            }
+            cv.act.mask(gs, rs, masked);
             self.sample(masked, col, dst, par);
         };
         let scratch = || (vec![0f32; o * ohw], vec![0f32; col_len]);

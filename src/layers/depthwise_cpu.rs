@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Resul
 use rayon::prelude::*;
 
 use super::conv_cpu::Act;
-use super::{activate, f32_slice};
+use super::{activate, f32_slice, is_constant_cpu_f32};
 
 /// TensorFlow's "same" padding of one spatial dimension: the output has `ceil(size / stride)`
 /// positions and the padding `(before, after)` is split with the extra pixel after.
@@ -78,9 +78,8 @@ impl DepthwiseConv2d {
                 candle_core::bail!("depthwise conv2d: bias {:?}, expected [{c}]", b.dims())
             }
         }
-        let constant =
-            |t: &Tensor| !t.is_variable() && t.device().is_cpu() && t.dtype() == DType::F32;
-        let fast = if constant(&weight) && bias.as_ref().is_none_or(constant) {
+        let fast = if is_constant_cpu_f32(&weight) && bias.as_ref().is_none_or(is_constant_cpu_f32)
+        {
             Some(Kernel {
                 w: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
                 bias: bias
@@ -345,9 +344,7 @@ impl CustomOp2 for InputGrad {
                 let ci = plane_index % c;
                 let gp = &g[plane_index * oh * ow..][..oh * ow];
                 let rp = &r[plane_index * oh * ow..][..oh * ow];
-                for ((m, &gv), &rv) in masked.iter_mut().zip(gp).zip(rp) {
-                    *m = if kn.act.passes(rv) { gv } else { 0.0 };
-                }
+                kn.act.mask(gp, rp, masked);
                 let filter = &kn.w[ci * k * k..][..k * k];
                 for oy in 0..oh {
                     let grow = &masked[oy * ow..][..ow];

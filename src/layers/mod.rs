@@ -16,6 +16,12 @@ use candle_core::{DType, Module, Tensor};
 use crate::ops::max_dim;
 use conv_cpu::Act;
 
+/// Whether a weight can take the fast kernels: a constant (not a [`Var`](candle_core::Var),
+/// so no weight gradient is wanted) `f32` tensor on the CPU.
+fn is_constant_cpu_f32(t: &Tensor) -> bool {
+    !t.is_variable() && t.device().is_cpu() && t.dtype() == DType::F32
+}
+
 /// `act` with candle's own ops (the path for other devices and trained weights).
 fn activate(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
     match act {
@@ -173,10 +179,8 @@ impl Conv2d {
         bias: Option<Tensor>,
         config: candle_nn::Conv2dConfig,
     ) -> candle_core::Result<Self> {
-        let constant =
-            |t: &Tensor| !t.is_variable() && t.device().is_cpu() && t.dtype() == DType::F32;
-        let eligible = constant(&weight)
-            && bias.as_ref().is_none_or(constant)
+        let eligible = is_constant_cpu_f32(&weight)
+            && bias.as_ref().is_none_or(is_constant_cpu_f32)
             && config.stride == 1
             && config.dilation == 1
             && config.groups == 1
