@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Module, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
 use perturb::attack::{PatchAttack, Transforms};
-use perturb::data::{load_photo, Fit, Mnist};
+use perturb::data::{load_photo, sample_photo, Fit, Mnist, SAMPLE_PHOTOS};
 use perturb::{loss_and_grad, zoo, Attack, Budget, Fgsm, Goal, Loss, Pgd};
 
 /// The shipped model `name` with its weights as variables: stock candle autograd everywhere.
@@ -130,19 +130,10 @@ fn benches(c: &mut Criterion) {
 
     // EfficientNet-Lite0 (224×224 photos): batch 1 and 8 only, a PGD-10 at batch 8 is already
     // about 20 s on two cores.
-    let photos: Vec<Tensor> = [
-        "chelsea",
-        "coffee",
-        "rocket",
-        "astronaut",
-        "motorcycle_left",
-    ]
-    .iter()
-    .map(|p| {
-        let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
-        load_photo(path, 224, Fit::ResizeCrop, &dev).expect("photo")
-    })
-    .collect();
+    let photos: Vec<Tensor> = SAMPLE_PHOTOS
+        .iter()
+        .map(|p| load_photo(sample_photo(p), 224, Fit::ResizeCrop, &dev).expect("photo"))
+        .collect();
     let net = zoo::load("efficientnet-lite0", &dev).expect("model");
     let pgd10_photo = Pgd::new(Budget::linf(2.0 / 255.0).expect("budget"))
         .steps(10)

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use perturb::data::{load_photo, save_png, Fit};
+use perturb::data::{load_photo, sample_photo, save_png, Fit};
 use perturb::zoo::{self, class_index, imagenet_classes};
 use perturb::{Attack, Budget, Goal, Pgd};
 
@@ -59,8 +59,7 @@ fn side_by_side(images: &[&Tensor], path: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut image = root.join("assets/images/chelsea.png");
+    let mut image = sample_photo("chelsea.png");
     let (mut target, mut eps_list, mut steps, mut out) = (
         "toaster".to_string(),
         vec![1u32, 2, 4, 8],

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Module, Tensor};
-use perturb::data::{load_photo, Fit, Mnist};
+use perturb::data::{load_photo, sample_photo, Fit, Mnist, SAMPLE_PHOTOS};
 use perturb::{loss_and_grad, zoo, Attack, Budget, Goal, Loss, Pgd};
 
 fn median_ms(reps: usize, dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -56,19 +56,10 @@ fn main() -> Result<()> {
     let dev = perturb::device::parse(&device)?;
     let cpu = Device::Cpu;
     let (digits, digit_labels) = Mnist::load_test_default(&cpu)?;
-    let photos: Vec<Tensor> = [
-        "chelsea",
-        "coffee",
-        "rocket",
-        "astronaut",
-        "motorcycle_left",
-    ]
-    .iter()
-    .map(|p| {
-        let path = format!("{}/assets/images/{p}.png", env!("CARGO_MANIFEST_DIR"));
-        load_photo(path, 224, Fit::ResizeCrop, &cpu)
-    })
-    .collect::<perturb::Result<_>>()?;
+    let photos: Vec<Tensor> = SAMPLE_PHOTOS
+        .iter()
+        .map(|p| load_photo(sample_photo(p), 224, Fit::ResizeCrop, &cpu))
+        .collect::<perturb::Result<_>>()?;
     let mut rows = Vec::new();
     println!(
         "{:<20} {:>5} {:>11} {:>13} {:>11} {:>9} {:>10} {:>9}",

@@ -24,17 +24,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::{imageops, RgbImage};
 use perturb::attack::{apply_patch, PatchAttack, PatchOptimizer, Transforms};
+use perturb::data::{sample_photo, SAMPLE_PHOTOS};
 use perturb::report::{image_grid, GridRow};
 use perturb::zoo::{self, class_index, imagenet_classes};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-
-const PHOTOS: [&str; 5] = [
-    "chelsea.png",
-    "coffee.png",
-    "rocket.png",
-    "astronaut.png",
-    "motorcycle_left.png",
-];
 
 /// `per_photo` random crops of every photo, `[N, 3, 224, 224]` in [0, 1].
 fn crops(photos: &[RgbImage], per_photo: usize, seed: u64, dev: &Device) -> Result<Tensor> {
@@ -84,11 +77,10 @@ fn main() -> Result<()> {
     let dev = Device::Cpu;
     let model = zoo::load("efficientnet-lite0", &dev)?;
     let target = class_index(&target, 1000)? as u32;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/images");
-    let photos = PHOTOS
+    let photos = SAMPLE_PHOTOS
         .iter()
         .map(|p| {
-            image::open(root.join(p))
+            image::open(sample_photo(p))
                 .map(|i| i.to_rgb8())
                 .with_context(|| format!("reading {p}"))
         })
@@ -133,7 +125,9 @@ fn main() -> Result<()> {
     trained.patch.save(out.join("sticker.safetensors"))?;
     // Grid: one held-out crop of each photo, patched at a random place.
     let mut rng = StdRng::seed_from_u64(seed + 3);
-    let picks: Vec<u32> = (0..PHOTOS.len()).map(|i| (i * per_photo) as u32).collect();
+    let picks: Vec<u32> = (0..SAMPLE_PHOTOS.len())
+        .map(|i| (i * per_photo) as u32)
+        .collect();
     let x = held_out.index_select(&Tensor::new(picks.as_slice(), &dev)?, 0)?;
     let places: Vec<_> = (0..picks.len())
         .map(|_| {

@@ -10,6 +10,7 @@ use perturb::data::{load_photo, Fit};
 use perturb::zoo;
 use perturb::Error;
 
+/// `data::SAMPLE_PHOTOS` with the reference top-1 class of each.
 const PHOTOS: [(&str, usize); 5] = [
     ("chelsea.png", 282),         // tiger cat
     ("coffee.png", 967),          // espresso
@@ -18,8 +19,8 @@ const PHOTOS: [(&str, usize); 5] = [
     ("astronaut.png", 518),       // crash helmet (not in the list: the reference's answer)
 ];
 
-fn photo(name: &str) -> String {
-    format!("{}/assets/images/{name}", env!("CARGO_MANIFEST_DIR"))
+fn photo(name: &str) -> std::path::PathBuf {
+    perturb::data::sample_photo(name)
 }
 
 fn reference() -> serde_json::Value {
@@ -69,6 +70,7 @@ fn logits_equal_pytorch_on_every_sample_photo() {
         let ref_top1 = reference["photos"][name]["top5"][0].as_u64().unwrap() as usize;
         assert_eq!(ref_top1, *top1, "{name}: reference file disagrees");
     }
+    assert_eq!(PHOTOS.map(|p| p.0), perturb::data::SAMPLE_PHOTOS);
     let names = zoo::imagenet_classes();
     assert_eq!(names[282], "tiger cat");
     assert_eq!(names[859], "toaster");

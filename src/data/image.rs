@@ -94,6 +94,21 @@ pub fn save_png(t: &Tensor, path: impl AsRef<Path>, scale: u32) -> Result<()> {
     })
 }
 
+/// The sample photos vendored in `assets/images/` (from scikit-image; licences in
+/// `assets/images/LICENSES.md`): a cat, an espresso, a rocket, an astronaut, a motorcycle.
+pub const SAMPLE_PHOTOS: [&str; 5] = [
+    "chelsea.png",
+    "coffee.png",
+    "rocket.png",
+    "astronaut.png",
+    "motorcycle_left.png",
+];
+
+/// Path of a vendored sample photo, e.g. `sample_photo("chelsea.png")`.
+pub fn sample_photo(name: &str) -> std::path::PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images")).join(name)
+}
+
 /// How a photo is brought to the model's square input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
@@ -111,8 +126,8 @@ pub enum Fit {
 ///
 /// ```
 /// use candle_core::Device;
-/// use perturb::data::{load_photo, Fit};
-/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images/chelsea.png"); // 451 × 300
+/// use perturb::data::{load_photo, sample_photo, Fit};
+/// let path = sample_photo("chelsea.png"); // 451 × 300
 /// let x = load_photo(path, 224, Fit::ResizeCrop, &Device::Cpu)?;
 /// assert_eq!(x.dims(), &[3, 224, 224]);
 /// # Ok::<(), perturb::Error>(())

@@ -29,7 +29,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 
 pub use idx::{images_to_tensor, labels_to_tensor, read_idx, IdxArray};
-pub use image::{load_image, load_photo, save_png, Fit};
+pub use image::{load_image, load_photo, sample_photo, save_png, Fit, SAMPLE_PHOTOS};
 
 /// File names of the four MNIST files, in the order train images, train labels, test images,
 /// test labels (the official names, without the `.gz` that the vendored copies carry).
