@@ -12,16 +12,7 @@ use perturb::{loss_and_grad, zoo, Goal, Loss};
 use rand::{rngs::StdRng, SeedableRng};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 fn max_abs(a: &Tensor) -> f32 {
