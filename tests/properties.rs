@@ -10,12 +10,14 @@
 //! - the same on models whose input gradient vanishes (zero weights, saturated softmax);
 //! - `Budget::project`: in box and ball (also the documented exact guarantee), idempotent, and
 //!   optimal by the variational inequality of the projection onto a convex set;
+//! - `Budget::step`: the composed projected ascent step bit for bit (L∞ runs fused), feasible;
 //! - `Budget::random_start`: in box and ball, deterministic for a seed;
 //! - `Budget::ascent_direction`: `sign(g)` for L∞, `g/‖g‖₂` for L2, the sparse unit SLIDE step for
 //!   L1, and a zero direction for a zero gradient.
 //!
-//! Case counts: 6,000 (attacks) + 1,000 (vanishing gradients) + 5,000 (projections) + 3,000
-//! (random starts) + 4,000 (ascent directions) + 500 (zero gradients) = 19,500 cases in total.
+//! Case counts: 6,000 (attacks) + 1,000 (vanishing gradients) + 5,000 (projections) + 2,000
+//! (steps) + 3,000 (random starts) + 4,000 (ascent directions) + 500 (zero gradients) = 21,500
+//! cases in total.
 
 use candle_core::{Device, Tensor};
 use perturb::{Adversarial, Attack, Budget, Fgsm, Goal, Loss, Norm, Pgd};
@@ -709,6 +711,40 @@ proptest! {
                 );
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// `step` equals the composed `project(x_adv + alpha · ascent_direction(g), x)` bit for bit
+    /// (for L∞ it runs as one fused loop on the CPU), and lands in ball ∩ box.
+    #[test]
+    fn step_is_the_projected_ascent_step(
+        (batch, v, norm, eps, seed) in projection_case(),
+        alpha in (-4.0f64..=0.7).prop_map(|e| 10f64.powf(e) as f32),
+    ) {
+        let (lo, hi) = batch.bounds;
+        let budget = Budget::new(norm, eps)?.with_bounds(lo, hi)?;
+        let x = batch.tensor()?;
+        let x_adv = Tensor::from_vec(v, batch.dims.to_vec(), &Device::Cpu)?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let g: Vec<f32> = (0..batch.x.len())
+            .map(|_| match rng.random_range(0..4) {
+                0 => 0.0,
+                _ => rng.random_range(-1.0f32..=1.0),
+            })
+            .collect();
+        let g = Tensor::from_vec(g, batch.dims.to_vec(), &Device::Cpu)?;
+        let fused = host(&budget.step(&x_adv, &g, &x, alpha, 0.5)?)?;
+        let dir = budget.ascent_direction(&g, &x_adv, 0.5)?;
+        let composed = budget.project(&(&x_adv + dir.affine(f64::from(alpha), 0.0)?)?, &x)?;
+        let composed = host(&composed)?;
+        prop_assert!(
+            fused.iter().zip(&composed).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "step differs from the composed ops"
+        );
+        check_feasible(&batch, &budget, &fused, "step")?;
     }
 }
 

@@ -75,12 +75,18 @@ impl Attack for Fgsm {
     fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
         let budget = &self.budget;
         check_sparsity(self.l1_sparsity)?;
-        let prep = prepare(model, x, goal, budget, self.loss, self.check_gradient)?;
+        let prep = prepare(
+            model,
+            x,
+            goal,
+            budget,
+            self.loss,
+            self.check_gradient,
+            false,
+        )?;
         let lg = loss_and_grad_resolved(model, x, &prep.goal, self.loss)?;
-        let dir = budget.ascent_direction(&lg.grad, x, self.l1_sparsity)?;
-        let step = dir.affine(f64::from(budget.eps()), 0.0)?;
-        let x_adv = budget.project(&(x + step)?, x)?;
-        finish(model, budget, x, x_adv, &prep.goal, x.dim(0)?)
+        let x_adv = budget.step(x, &lg.grad, x, budget.eps(), self.l1_sparsity)?;
+        finish(model, budget, x, x_adv, None, &prep.goal, x.dim(0)?)
     }
 
     fn name(&self) -> &'static str {

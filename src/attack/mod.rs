@@ -118,11 +118,15 @@ impl Adversarial {
 /// Checked inputs of an attack run.
 pub(crate) struct Prepared {
     pub goal: Resolved,
-    /// Logits of the clean batch.
-    pub clean_logits: Tensor,
+    /// Logits of the clean batch, when the caller asked for them.
+    pub clean_logits: Option<Tensor>,
 }
 
 /// Check inputs and goal, and optionally the model's gradient, before an attack computes.
+///
+/// With `clean` the whole clean batch goes through the model (an attack that stops early needs
+/// its predictions); without, one row suffices to learn the class count, and the first gradient
+/// evaluation checks the model's output on the whole batch.
 pub(crate) fn prepare(
     model: &dyn Classifier,
     x: &Tensor,
@@ -130,11 +134,29 @@ pub(crate) fn prepare(
     budget: &Budget,
     loss: Loss,
     check_gradient: bool,
+    clean: bool,
 ) -> Result<Prepared> {
     loss.check()?;
     budget.check_input(x)?;
-    let clean_logits = checked_logits(model, x)?;
-    let (n, classes) = clean_logits.dims2()?;
+    let n = x.dim(0)?;
+    let probe = if clean || n == 0 {
+        None
+    } else {
+        match checked_logits(model, &x.narrow(0, 0, 1)?) {
+            Ok(logits) => Some(logits.dims2()?.1),
+            // judged on the whole batch below, so that the error names the caller's batch
+            Err(Error::ModelOutput { .. }) => None,
+            Err(e) => return Err(e),
+        }
+    };
+    let (clean_logits, classes) = match probe {
+        Some(classes) => (None, classes),
+        None => {
+            let logits = checked_logits(model, x)?;
+            let classes = logits.dims2()?.1;
+            (Some(logits), classes)
+        }
+    };
     loss.check_classes(classes, goal.is_targeted())?;
     let goal = goal.resolve(n, classes, x.device())?;
     if check_gradient {
@@ -144,16 +166,22 @@ pub(crate) fn prepare(
     Ok(Prepared { goal, clean_logits })
 }
 
-/// Judge the final adversarial batch and measure it.
+/// Judge the final adversarial batch and measure it; `logits` are the model's on `x_adv` when
+/// the attack already has them (a forward pass saved), else they are computed here.
 pub(crate) fn finish(
     model: &dyn Classifier,
     budget: &Budget,
     x: &Tensor,
     x_adv: Tensor,
+    logits: Option<Tensor>,
     goal: &Resolved,
     gradient_evals: usize,
 ) -> Result<Adversarial> {
-    let predictions = predictions(&checked_logits(model, &x_adv)?)?;
+    let logits = match logits {
+        Some(l) => l,
+        None => checked_logits(model, &x_adv)?,
+    };
+    let predictions = predictions(&logits)?;
     let success = predictions
         .iter()
         .enumerate()

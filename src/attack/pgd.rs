@@ -178,7 +178,7 @@ impl Pgd {
             let preds = predictions(&checked_logits(model, &cur)?)?;
             active.retain(|&i| !goal.reached(i as usize, preds[i as usize]));
         }
-        let alpha = f64::from(self.alpha());
+        let alpha = self.alpha();
         for _ in 0..self.steps {
             if active.is_empty() {
                 break;
@@ -196,12 +196,9 @@ impl Pgd {
             } else {
                 (0..active.len() as u32).collect()
             };
-            let dir = self
-                .budget
-                .ascent_direction(&lg.grad, &sub, self.l1_sparsity)?;
             let moved = self
                 .budget
-                .project(&(&sub + dir.affine(alpha, 0.0)?)?, &x_sub)?;
+                .step(&sub, &lg.grad, &x_sub, alpha, self.l1_sparsity)?;
             let targets: Vec<u32> = keep.iter().map(|&j| active[j as usize]).collect();
             cur = scatter_rows(&cur, &targets, &take_rows(&moved, &keep)?)?;
             active = targets;
@@ -216,6 +213,7 @@ impl Pgd {
         let success = (0..m).map(|i| goal.reached(i, preds[i])).collect();
         Ok(RunResult {
             x_adv: cur,
+            logits,
             success,
             loss,
         })
@@ -224,6 +222,8 @@ impl Pgd {
 
 struct RunResult {
     x_adv: Tensor,
+    /// The model's logits on `x_adv`.
+    logits: Tensor,
     success: Vec<bool>,
     loss: Vec<f32>,
 }
@@ -231,14 +231,27 @@ struct RunResult {
 impl Attack for Pgd {
     fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
         self.check()?;
-        let prep = prepare(model, x, goal, &self.budget, self.loss, self.check_gradient)?;
+        // Only early stopping needs the clean predictions: without it every sample is attacked.
+        let prep = prepare(
+            model,
+            x,
+            goal,
+            &self.budget,
+            self.loss,
+            self.check_gradient,
+            self.early_stop,
+        )?;
         let n = x.dim(0)?;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut best_x = x.clone();
         let mut best_success = vec![false; n];
-        if self.early_stop {
-            let clean = predictions(&prep.clean_logits)?;
-            best_success = (0..n).map(|i| prep.goal.reached(i, clean[i])).collect();
+        // The logits of `best_x`, so that judging it costs no forward pass. Without clean logits
+        // every sample is attacked, and the first run replaces every row.
+        let mut best_logits = None;
+        if let (true, Some(clean)) = (self.early_stop, &prep.clean_logits) {
+            let preds = predictions(clean)?;
+            best_success = (0..n).map(|i| prep.goal.reached(i, preds[i])).collect();
+            best_logits = Some(clean.clone());
         }
         let mut best_loss = vec![f32::NEG_INFINITY; n];
         let mut evals = 0;
@@ -261,8 +274,22 @@ impl Attack for Pgd {
             }
             let targets: Vec<u32> = taken.iter().map(|&j| rows[j as usize]).collect();
             best_x = scatter_rows(&best_x, &targets, &take_rows(&run.x_adv, &taken)?)?;
+            let new_logits = take_rows(&run.logits, &taken)?;
+            let base = match best_logits {
+                Some(b) => b,
+                None => Tensor::zeros((n, new_logits.dim(1)?), new_logits.dtype(), x.device())?,
+            };
+            best_logits = Some(scatter_rows(&base, &targets, &new_logits)?);
         }
-        finish(model, &self.budget, x, best_x, &prep.goal, evals)
+        finish(
+            model,
+            &self.budget,
+            x,
+            best_x,
+            best_logits,
+            &prep.goal,
+            evals,
+        )
     }
 
     fn name(&self) -> &'static str {

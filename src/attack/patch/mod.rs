@@ -467,7 +467,7 @@ impl Attack for PatchApplication {
             .collect::<Result<Vec<_>>>()?;
         let x_adv = paste(x, &self.patch.pixels, &self.patch.mask, &draws)?;
         let x_adv = train::add_noise(&x_adv, self.transforms.noise, &mut rng)?;
-        finish(model, &self.budget, x, x_adv, &goal, 0)
+        finish(model, &self.budget, x, x_adv, None, &goal, 0)
     }
 
     fn name(&self) -> &'static str {
