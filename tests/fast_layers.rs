@@ -38,6 +38,9 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
         (4, 4, 8, 1, 0, 5, 5),
         (2, 2, 3, 3, 2, 4, 4),
         (5, 6, 7, 2, 1, 6, 3),
+        // padding wider than the input: im2col rows that are all padding
+        (1, 1, 2, 5, 2, 1, 1),
+        (2, 2, 3, 5, 4, 2, 3),
     ];
     for (n, c, o, k, p, h, w) in cases {
         let weight = Tensor::from_vec(

@@ -166,14 +166,18 @@ impl ConstConv {
                             continue;
                         }
                         let src = &plane[y as usize * w..(y as usize + 1) * w];
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let xx = ox as isize + j as isize - pw;
-                            *d = if xx < 0 || xx >= w as isize {
-                                0.0
-                            } else {
-                                src[xx as usize]
-                            };
+                        // output columns ox read input column ox + j − pw: inside [0, w) for
+                        // ox in lo..hi, padding (zero) outside; one copy instead of a branch
+                        // per element
+                        let shift = j as isize - pw;
+                        let lo = (-shift).clamp(0, ow as isize) as usize;
+                        let hi = (w as isize - shift).clamp(lo as isize, ow as isize) as usize;
+                        dst[..lo].fill(0.0);
+                        if hi > lo {
+                            let start = (lo as isize + shift) as usize;
+                            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                         }
+                        dst[hi..].fill(0.0);
                     }
                 }
             }
