@@ -41,6 +41,11 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
         // padding wider than the input: im2col rows that are all padding
         (1, 1, 2, 5, 2, 1, 1),
         (2, 2, 3, 5, 4, 2, 3),
+        // eight or more channels in and out: both directions take the shifted-GEMM path
+        (3, 8, 9, 3, 0, 7, 6),
+        (2, 9, 8, 3, 1, 5, 8),
+        (1, 12, 10, 5, 2, 6, 6),
+        (2, 16, 8, 2, 1, 4, 3),
     ];
     for (n, c, o, k, p, h, w) in cases {
         let weight = Tensor::from_vec(

@@ -75,6 +75,10 @@ impl Act {
     }
 }
 
+/// Input channels from which [`ConstConv::sample_shifted`] beats im2col (a first layer with
+/// one or three channels keeps im2col: its per-offset GEMMs would sum over almost nothing).
+const SHIFTED_MIN_CHANNELS: usize = 8;
+
 impl ConstConv {
     /// From weights `[O, C, KH, KW]` (row-major data) and a bias; `None` unless
     /// `ph < kh` and `pw < kw` (the backward needs it).
@@ -139,6 +143,118 @@ impl ConstConv {
         self.kh == 1 && self.kw == 1 && self.ph == 0 && self.pw == 0
     }
 
+    /// Whether to convolve by shifted GEMMs ([`ConstConv::sample_shifted`]) rather than im2col:
+    /// worth it once the per-offset GEMMs have enough input channels to sum over.
+    fn shifted(&self) -> bool {
+        !self.pointwise() && self.c >= SHIFTED_MIN_CHANNELS
+    }
+
+    /// Scratch floats one sample of an `h × w` input needs.
+    fn scratch_len(&self, (h, w): (usize, usize)) -> usize {
+        let Some((oh, ow)) = self.out_hw(h, w) else {
+            return 0;
+        };
+        if self.pointwise() {
+            0
+        } else if self.shifted() {
+            let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
+            let padded = if self.ph + self.pw > 0 {
+                self.c * hp * wp
+            } else {
+                0
+            };
+            padded + self.o * ((oh - 1) * wp + ow)
+        } else {
+            self.c * self.kh * self.kw * oh * ow
+        }
+    }
+
+    /// Convolve one sample without im2col: with the input zero-padded to `hp × wp` (copied
+    /// only when there is padding) and the output computed on the padded width (`full[o, p]`,
+    /// `p = oy·wp + ox`), kernel offset `(i, j)` reads the input plane at `p + i·wp + j`, a
+    /// plain strided matrix. So the convolution is `KH·KW` GEMMs `[O, C] · [C, P]` summed into
+    /// `full`, then the `ow` valid columns of each row are kept, with bias and activation.
+    /// `P = (oh − 1)·wp + ow` stops at the last valid output, so no read passes the input.
+    fn sample_shifted(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        scratch: &mut [f32],
+        out: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let Some((oh, ow)) = self.out_hw(h, w) else {
+            return;
+        };
+        let (c, o, kh, kw) = (self.c, self.o, self.kh, self.kw);
+        let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
+        let p_len = (oh - 1) * wp + ow;
+        let padded_len = if self.ph + self.pw > 0 {
+            c * hp * wp
+        } else {
+            0
+        };
+        let (pad_buf, full) = scratch.split_at_mut(padded_len);
+        let input: &[f32] = if padded_len > 0 {
+            pad_buf.fill(0.0);
+            for ci in 0..c {
+                for y in 0..h {
+                    let dst = (ci * hp + y + self.ph) * wp + self.pw;
+                    pad_buf[dst..dst + w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
+                }
+            }
+            pad_buf
+        } else {
+            x
+        };
+        let full = &mut full[..o * p_len];
+        debug_assert!(input.len() >= c * hp * wp && self.w.len() == o * c * kh * kw);
+        for i in 0..kh {
+            for j in 0..kw {
+                let first = i == 0 && j == 0;
+                // SAFETY: `full` is `[O, P]` row-major. The left matrix is the kernel slice
+                // `w[o, c, i, j]` (row stride C·KH·KW, column stride KH·KW); the right one is
+                // `input[c·hp·wp + i·wp + j + p]` (row stride hp·wp, column stride 1), whose
+                // largest index (C−1)·hp·wp + (KH−1)·wp + KW−1 + P−1 = C·hp·wp − 1 lies inside
+                // `input` because oh + KH − 1 = hp and ow + KW − 1 = wp.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        p_len,
+                        c,
+                        full.as_mut_ptr(),
+                        1,
+                        p_len as isize,
+                        !first,
+                        self.w.as_ptr().add(i * kw + j),
+                        (kh * kw) as isize,
+                        (c * kh * kw) as isize,
+                        input.as_ptr().add(i * wp + j),
+                        1,
+                        (hp * wp) as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+            }
+        }
+        for oi in 0..o {
+            let b = self.bias.as_ref().map_or(0.0, |b| b[oi]);
+            let src = &full[oi * p_len..][..p_len];
+            let dst = &mut out[oi * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for (d, s) in dst[oy * ow..][..ow].iter_mut().zip(&src[oy * wp..][..ow]) {
+                    *d = s + b;
+                }
+            }
+        }
+        self.act.apply(&mut out[..o * oh * ow]);
+    }
+
     fn sample(
         &self,
         x: &[f32],
@@ -150,6 +266,10 @@ impl ConstConv {
         let Some((oh, ow)) = self.out_hw(h, w) else {
             return;
         };
+        if self.shifted() {
+            self.sample_shifted(x, (h, w), col, out, par);
+            return;
+        }
         let ohw = oh * ow;
         let (kh, kw, ph, pw) = (self.kh, self.kw, self.ph as isize, self.pw as isize);
         let pointwise = self.pointwise();
@@ -248,11 +368,7 @@ impl ConstConv {
             candle_core::bail!("const conv2d: input and mask sizes disagree")
         }
         let mut out = vec![0f32; n * out_len];
-        let col_len = if self.pointwise() {
-            0
-        } else {
-            c * self.kh * self.kw * oh * ow
-        };
+        let col_len = self.scratch_len((h, w));
         let run = |(col, masked): &mut (Vec<f32>, Vec<f32>),
                    (i, dst): (usize, &mut [f32]),
                    par: gemm::Parallelism| {
