@@ -347,7 +347,7 @@ impl ConstConv {
     /// Convolve a contiguous batch `[N, C, H, W]`; with `mask` (a layer's activated output of
     /// the same shape, and that layer's activation), the input is first zeroed wherever the
     /// activation is flat.
-    fn batch(
+    pub(super) fn batch(
         &self,
         x: &[f32],
         mask: Option<(&[f32], Act)>,
@@ -390,6 +390,31 @@ impl ConstConv {
         };
         for_each_sample(&mut out, out_len, scratch, run);
         Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
+    }
+}
+
+impl ConstConv {
+    /// The input gradient (`[N, C, H, W]` for an `h × w` input) of this convolution and its
+    /// activation, from the upstream gradient `g` and the layer's output `out` (both `[N, O,
+    /// OH, OW]` of shape `out_shape`), on host slices: col2im when the layer has fewer input
+    /// than output channels, else the masked full convolution ([`ConstConv::bwd`] on tensors).
+    pub(super) fn input_grad(
+        &self,
+        g: &[f32],
+        out: &[f32],
+        out_shape: &Shape,
+        (h, w): (usize, usize),
+    ) -> Result<(CpuStorage, Shape)> {
+        if self.c < self.o {
+            let op = Col2imGrad {
+                conv: self.clone(),
+                h,
+                w,
+            };
+            return op.run(g, out, out_shape);
+        }
+        let mask = (self.act != Act::Linear).then_some((out, self.act));
+        self.input_gradient().batch(g, mask, out_shape)
     }
 }
 
@@ -581,14 +606,28 @@ impl CustomOp2 for Col2imGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let cv = &self.conv;
-        let (n, o, oh, ow) = l1.shape().dims4()?;
-        if l1.shape() != l2.shape() || o != cv.o || cv.out_hw(self.h, self.w) != Some((oh, ow)) {
-            candle_core::bail!("const conv2d col2im grad: gradient shape does not fit the layer")
-        }
         let g = super::f32_slice(s1, l1, "const conv2d col2im grad")?;
         let r = super::f32_slice(s2, l2, "const conv2d col2im grad")?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("const conv2d col2im grad: gradient and output shapes differ")
+        }
+        self.run(g, r, l1.shape())
+    }
+}
+
+impl Col2imGrad {
+    /// The input gradient for the upstream gradient `g` and the layer's output `r`, both of
+    /// shape `shape` (`[N, O, OH, OW]`).
+    fn run(&self, g: &[f32], r: &[f32], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+        let cv = &self.conv;
+        let (n, o, oh, ow) = shape.dims4()?;
+        if o != cv.o || cv.out_hw(self.h, self.w) != Some((oh, ow)) || g.len() != r.len() {
+            candle_core::bail!("const conv2d col2im grad: gradient shape does not fit the layer")
+        }
         let (ohw, in_len) = (oh * ow, cv.c * self.h * self.w);
+        if g.len() != n * o * ohw {
+            candle_core::bail!("const conv2d col2im grad: gradient of the wrong size")
+        }
         let col_len = cv.c * cv.kh * cv.kw * ohw;
         let mut gx = vec![0f32; n * in_len];
         let run = |(masked, col): &mut (Vec<f32>, Vec<f32>),

@@ -20,11 +20,11 @@ struct MaxPoolGrad {
 }
 
 fn out_dims(
-    l: &Layout,
+    shape: &Shape,
     kernel: usize,
     stride: usize,
 ) -> Result<(usize, usize, usize, usize, usize, usize)> {
-    let (n, c, h, w) = l.shape().dims4()?;
+    let (n, c, h, w) = shape.dims4()?;
     if kernel == 0 || stride == 0 || kernel > h || kernel > w {
         candle_core::bail!("max_pool2d: kernel {kernel}, stride {stride} do not fit {h}x{w}")
     }
@@ -72,24 +72,8 @@ impl CustomOp1 for MaxPool {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::f32_slice(s, l, self.name())?;
-        let (planes, h, w, ho, wo, n) = out_dims(l, self.kernel, self.stride)?;
-        let geo = Geometry {
-            w,
-            k: self.kernel,
-            s: self.stride,
-        };
-        let mut y = vec![0f32; planes * ho * wo];
-        y.par_chunks_mut(ho * wo)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(out, plane)| {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        out[i * wo + j] = geo.window_max(plane, i, j).0;
-                    }
-                }
-            });
-        let c = planes / n.max(1);
-        Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
+        let (y, shape) = forward(x, l.shape(), self.kernel, self.stride)?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -115,36 +99,79 @@ impl CustomOp2 for MaxPoolGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = super::f32_slice(s1, l1, self.name())?;
         let g = super::f32_slice(s2, l2, self.name())?;
-        let (planes, h, w, ho, wo, _) = out_dims(l1, self.kernel, self.stride)?;
-        if g.len() != planes * ho * wo {
-            candle_core::bail!("{}: gradient of the wrong size", self.name())
-        }
-        let geo = Geometry {
-            w,
-            k: self.kernel,
-            s: self.stride,
-        };
-        let mut dx = vec![0f32; x.len()];
-        // Planes are independent, so the parallel split does not change any sum.
-        dx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w))
-            .zip(g.par_chunks(ho * wo))
-            .for_each(|((dplane, plane), gplane)| {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        let (m, ties) = geo.window_max(plane, i, j);
-                        let share = gplane[i * wo + j] / ties.max(1) as f32;
-                        for a in 0..geo.k {
-                            let start = (i * geo.s + a) * geo.w + j * geo.s;
-                            for b in start..start + geo.k {
-                                if plane[b] == m {
-                                    dplane[b] += share;
-                                }
+        let dx = backward(x, g, l1.shape(), self.kernel, self.stride)?;
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Max-pool a contiguous `[N, C, H, W]` batch `x` of shape `shape`: the pooled data and shape.
+pub(super) fn forward(
+    x: &[f32],
+    shape: &Shape,
+    kernel: usize,
+    stride: usize,
+) -> Result<(Vec<f32>, Shape)> {
+    let (planes, h, w, ho, wo, n) = out_dims(shape, kernel, stride)?;
+    if x.len() != planes * h * w {
+        candle_core::bail!("max_pool2d: input of the wrong size")
+    }
+    let geo = Geometry {
+        w,
+        k: kernel,
+        s: stride,
+    };
+    let mut y = vec![0f32; planes * ho * wo];
+    y.par_chunks_mut(ho * wo)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(out, plane)| {
+            for i in 0..ho {
+                for j in 0..wo {
+                    out[i * wo + j] = geo.window_max(plane, i, j).0;
+                }
+            }
+        });
+    let c = planes / n.max(1);
+    Ok((y, Shape::from((n, c, ho, wo))))
+}
+
+/// The input gradient of [`forward`] for the input `x` (of shape `shape`) and the upstream
+/// gradient `g`: each window's gradient goes to its maximum, split evenly among ties.
+pub(super) fn backward(
+    x: &[f32],
+    g: &[f32],
+    shape: &Shape,
+    kernel: usize,
+    stride: usize,
+) -> Result<Vec<f32>> {
+    let (planes, h, w, ho, wo, _) = out_dims(shape, kernel, stride)?;
+    if x.len() != planes * h * w || g.len() != planes * ho * wo {
+        candle_core::bail!("max_pool2d grad: input or gradient of the wrong size")
+    }
+    let geo = Geometry {
+        w,
+        k: kernel,
+        s: stride,
+    };
+    let mut dx = vec![0f32; x.len()];
+    // Planes are independent, so the parallel split does not change any sum.
+    dx.par_chunks_mut(h * w)
+        .zip(x.par_chunks(h * w))
+        .zip(g.par_chunks(ho * wo))
+        .for_each(|((dplane, plane), gplane)| {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let (m, ties) = geo.window_max(plane, i, j);
+                    let share = gplane[i * wo + j] / ties.max(1) as f32;
+                    for a in 0..geo.k {
+                        let start = (i * geo.s + a) * geo.w + j * geo.s;
+                        for b in start..start + geo.k {
+                            if plane[b] == m {
+                                dplane[b] += share;
                             }
                         }
                     }
                 }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
+            }
+        });
+    Ok(dx)
 }

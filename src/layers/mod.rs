@@ -5,6 +5,7 @@
 //! gradient by 4 and a two-pool CNN's gradient comes out 16 times too small. [`max_pool2d`] here
 //! routes the gradient to the maximum of each window (split evenly among ties).
 
+mod chain_cpu;
 mod conv_cpu;
 mod depthwise_cpu;
 mod max_pool_cpu;
@@ -253,5 +254,41 @@ impl Module for Conv2d {
             }
             _ => activate(&self.stock.forward(x)?, self.act),
         }
+    }
+}
+
+/// One layer of a run applied by [`forward_chain`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChainLayer<'a> {
+    /// A convolution with its fused activation.
+    Conv(&'a Conv2d),
+    /// [`max_pool2d`] with this kernel and stride.
+    MaxPool(usize, usize),
+}
+
+/// Apply `layers` in turn. On CPU `f32` input with every convolution on its fast path the run is
+/// one custom op: one autograd node instead of one per layer, and a backward that chains the
+/// layers' input-gradient kernels without candle's per-node zero tensors and additions (see
+/// `chain_cpu.rs`). Values and gradients are those of the layers applied one by one.
+pub(crate) fn forward_chain(x: &Tensor, layers: &[ChainLayer]) -> candle_core::Result<Tensor> {
+    let stages: Option<Vec<chain_cpu::Stage>> = layers
+        .iter()
+        .map(|layer| match layer {
+            ChainLayer::Conv(conv) => conv.fast.clone().map(chain_cpu::Stage::Conv),
+            ChainLayer::MaxPool(kernel, stride) => Some(chain_cpu::Stage::Pool {
+                kernel: *kernel,
+                stride: *stride,
+            }),
+        })
+        .collect();
+    match stages {
+        Some(stages) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+            let op = chain_cpu::Chain::new(stages, x.track_op());
+            x.contiguous()?.apply_op1(op)
+        }
+        _ => layers.iter().try_fold(x.clone(), |h, layer| match layer {
+            ChainLayer::Conv(conv) => conv.forward(&h),
+            ChainLayer::MaxPool(kernel, stride) => max_pool2d(&h, *kernel, *stride),
+        }),
     }
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, Linear};
 
-use crate::layers::{max_pool2d, Conv2d};
+use crate::layers::{forward_chain, ChainLayer, Conv2d};
 
 /// One parameter tensor of an architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,11 +127,20 @@ impl SmallCnn {
 impl Module for SmallCnn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [c1, c2, c3, c4] = &self.convs;
-        // each convolution carries its ReLU (fused on the fast path)
-        let h = c2.forward(&c1.forward(x)?)?;
-        let h = max_pool2d(&h, 2, 2)?;
-        let h = c4.forward(&c3.forward(&h)?)?;
-        let h = max_pool2d(&h, 2, 2)?.flatten_from(1)?;
+        // each convolution carries its ReLU (fused on the fast path); the feature extractor
+        // runs as one op on the CPU
+        let h = forward_chain(
+            x,
+            &[
+                ChainLayer::Conv(c1),
+                ChainLayer::Conv(c2),
+                ChainLayer::MaxPool(2, 2),
+                ChainLayer::Conv(c3),
+                ChainLayer::Conv(c4),
+                ChainLayer::MaxPool(2, 2),
+            ],
+        )?
+        .flatten_from(1)?;
         let [f1, f2, f3] = &self.fcs;
         f3.forward(&f2.forward(&f1.forward(&h)?.relu()?)?.relu()?)
     }
