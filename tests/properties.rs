@@ -11,7 +11,7 @@
 //! - `Budget::project`: in box and ball (also the documented exact guarantee), idempotent, and
 //!   optimal by the variational inequality of the projection onto a convex set;
 //! - `Budget::step`: the composed projected ascent step bit for bit (L∞ runs fused), feasible;
-//! - `Budget::random_start`: in box and ball, deterministic for a seed;
+//! - `Budget::random_start`: in box and ball, deterministic for a seed, fused (L∞) = composed;
 //! - `Budget::ascent_direction`: `sign(g)` for L∞, `g/‖g‖₂` for L2, the sparse unit SLIDE step for
 //!   L1, and a zero direction for a zero gradient.
 //!
@@ -770,6 +770,16 @@ proptest! {
         prop_assert!(
             s.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
             "random_start differs for the same seed"
+        );
+        // The same pixels as a strided view take the composed tensor ops (the contiguous batch
+        // takes the fused L∞ loop): bit for bit the same start.
+        let wide = Tensor::cat(&[&x, &x], 3)?;
+        let view = wide.narrow(3, 0, batch.dims[3])?;
+        prop_assert!(!view.is_contiguous() || batch.dims[0] * batch.dims[1] * batch.dims[2] == 1);
+        let composed = host(&budget.random_start(&view, &mut StdRng::seed_from_u64(seed))?)?;
+        prop_assert!(
+            s.iter().zip(&composed).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "random_start differs between the fused and the composed path"
         );
     }
 }

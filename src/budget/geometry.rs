@@ -106,6 +106,31 @@ impl Budget {
         self.project(&(x_adv + dir.affine(f64::from(alpha), 0.0)?)?, x)
     }
 
+    /// The L∞ random start from `noise` as one loop over CPU `f32` data, bit for bit
+    /// `project(f32(f64(x) + noise), x)`; `None` for other tensors.
+    pub(super) fn linf_start_cpu(&self, x: &Tensor, noise: &[f64]) -> Result<Option<Tensor>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || noise.len() != x.elem_count() {
+            return Ok(None);
+        }
+        let (storage, layout) = x.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let (eps, lo, hi) = (self.eps, self.lo, self.hi);
+        let out: Vec<f32> = v[start..end]
+            .iter()
+            .zip(noise)
+            .map(|(&x, &u)| {
+                let v = (f64::from(x) + u) as f32;
+                min(max(v, max(x - eps, lo)), min(x + eps, hi))
+            })
+            .collect();
+        drop(storage);
+        Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+    }
+
     /// The L∞ [`Budget::step`] as one loop over CPU `f32` data; `None` for other tensors.
     fn linf_step_cpu(
         &self,

@@ -256,6 +256,11 @@ impl Budget {
                 }
             }
         }
+        if self.norm == Norm::Linf {
+            if let Some(start) = self.linf_start_cpu(x, &noise)? {
+                return Ok(start);
+            }
+        }
         let noise = Tensor::from_vec(noise, x.shape(), x.device())?;
         let start = (x.to_dtype(DType::F64)? + noise)?.to_dtype(DType::F32)?;
         self.project(&start, x)
