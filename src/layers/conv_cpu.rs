@@ -1,5 +1,6 @@
-//! Stride-1 2-D convolution with constant weights as a candle custom op on CPU: im2col and one
-//! GEMM per sample forward, and an input-only backward that is itself such a convolution.
+//! Stride-1 2-D convolution with constant weights as a candle custom op on CPU: per sample,
+//! one strided GEMM per kernel offset (8+ input channels) or im2col and one GEMM forward, and an
+//! input-only backward that is itself such a convolution (or col2im).
 //!
 //! For stride 1 and padding `p ≤ k − 1`, the gradient with respect to the input is the "full"
 //! convolution of the upstream gradient, padded by `k − 1 − p`, with the kernel flipped in space
@@ -136,8 +137,6 @@ impl ConstConv {
         (hp >= self.kh && wp >= self.kw).then(|| (hp - self.kh + 1, wp - self.kw + 1))
     }
 
-    /// Convolve one sample `x` (`[C, H, W]`) into `out` (`[O, OH, OW]`), using `col` as the
-    /// `[C·KH·KW, OH·OW]` im2col buffer.
     /// A 1×1 kernel without padding needs no im2col: the input is already the matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.ph == 0 && self.pw == 0
@@ -255,6 +254,9 @@ impl ConstConv {
         self.act.apply(&mut out[..o * oh * ow]);
     }
 
+    /// Convolve one sample `x` (`[C, H, W]`) into `out` (`[O, OH, OW]`), using `col` as scratch
+    /// ([`ConstConv::scratch_len`] floats: the `[C·KH·KW, OH·OW]` im2col buffer, or the shifted
+    /// GEMMs' padded input and output).
     fn sample(
         &self,
         x: &[f32],

@@ -136,8 +136,9 @@ impl Module for MaxPool2d {
 /// A 2-D convolution layer that computes the input gradient fast when its weights are constants.
 ///
 /// With constant (non-[`Var`](candle_core::Var)) `f32` weights on the CPU, stride 1, no dilation,
-/// one group and padding smaller than the kernel, the forward pass is im2col plus one GEMM per
-/// sample, and the backward pass computes only the input gradient, as one more such convolution
+/// one group and padding smaller than the kernel, the forward pass is GEMMs per sample (one per
+/// kernel offset, or im2col and one), and the backward pass computes only the input gradient, as
+/// one more such convolution
 /// (see `conv_cpu.rs`): no weight gradient, no `conv_transpose2d`. In every other case (weights
 /// being trained, other devices or configurations) it is candle-nn's `Conv2d` with stock
 /// autograd. Values and gradients agree with candle-nn to float rounding.
