@@ -399,7 +399,8 @@ impl ConstConv {
     /// The input gradient (`[N, C, H, W]` for an `h × w` input) of this convolution and its
     /// activation, from the upstream gradient `g` and the layer's output `out` (both `[N, O,
     /// OH, OW]` of shape `out_shape`), on host slices: col2im when the layer has fewer input
-    /// than output channels, else the masked full convolution ([`ConstConv::bwd`] on tensors).
+    /// than output channels, else the full convolution of the masked gradient. The backward of
+    /// the op and of [`forward_chain`](super::forward_chain)'s chain both come here.
     pub(super) fn input_grad(
         &self,
         g: &[f32],
@@ -408,6 +409,9 @@ impl ConstConv {
         (h, w): (usize, usize),
     ) -> Result<(CpuStorage, Shape)> {
         if self.c < self.o {
+            // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
+            // over the O outputs and scatters C·K² columns back, where the full convolution
+            // would build an O·K²-row im2col of the upstream gradient.
             let op = Col2imGrad {
                 conv: self.clone(),
                 h,
@@ -444,13 +448,18 @@ fn for_each_sample<S>(
     }
 }
 
-/// Input gradient of a conv + activation: (upstream gradient, the layer's output) → the
-/// gradient convolution of the upstream gradient masked where the activation is flat.
-struct MaskedGrad(ConstConv, Act);
+/// Input gradient of a conv + activation as an op on (upstream gradient, the layer's output):
+/// [`ConstConv::input_grad`] for an `h × w` input. Not differentiable again: attacks need
+/// first-order gradients only.
+struct InputGrad {
+    conv: ConstConv,
+    h: usize,
+    w: usize,
+}
 
-impl CustomOp2 for MaskedGrad {
+impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
-        "perturb-const-conv2d-act-grad"
+        "perturb-const-conv2d-input-grad"
     }
 
     fn cpu_fwd(
@@ -461,13 +470,11 @@ impl CustomOp2 for MaskedGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            candle_core::bail!("const conv2d relu grad: gradient and output shapes differ")
+            candle_core::bail!("const conv2d grad: gradient and output shapes differ")
         }
-        let (g, r) = (
-            super::f32_slice(s1, l1, "const conv2d")?,
-            super::f32_slice(s2, l2, "const conv2d")?,
-        );
-        self.0.batch(g, Some((r, self.1)), l1.shape())
+        let g = super::f32_slice(s1, l1, "const conv2d grad")?;
+        let r = super::f32_slice(s2, l2, "const conv2d grad")?;
+        self.conv.input_grad(g, r, l1.shape(), (self.h, self.w))
     }
 }
 
@@ -503,22 +510,16 @@ impl CustomOp1 for ConstConv {
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        let grad = if self.c < self.o {
-            // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
-            // over the O outputs and scatters C·K² columns back, where the full convolution
-            // would build an O·K²-row im2col of the upstream gradient.
+        let grad = if self.act == Act::Linear && self.c >= self.o {
+            // the full convolution as an op of its own: differentiable again
+            grad.apply_op1(self.input_gradient())?
+        } else {
             let (_, _, h, w) = arg.dims4()?;
-            let op = Col2imGrad {
+            let op = InputGrad {
                 conv: self.clone(),
                 h,
                 w,
             };
-            grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
-        } else if self.act == Act::Linear {
-            grad.apply_op1(self.input_gradient())?
-        } else {
-            // Not differentiable again: attacks need first-order gradients only.
-            let op = MaskedGrad(self.input_gradient(), self.act);
             grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
         };
         Ok(Some(grad))
@@ -527,8 +528,7 @@ impl CustomOp1 for ConstConv {
 
 /// Input gradient by col2im: per sample, `cols = Wᵀ · G` (`[C·KH·KW, OH·OW]`, one GEMM over the
 /// `O` output channels of the upstream gradient `G`, masked by the activation), then every
-/// column entry is added back onto the input pixel it was read from. Inputs: (upstream
-/// gradient, the layer's output).
+/// column entry is added back onto the input pixel it was read from.
 struct Col2imGrad {
     conv: ConstConv,
     h: usize,
@@ -594,30 +594,7 @@ impl Col2imGrad {
             }
         }
     }
-}
 
-impl CustomOp2 for Col2imGrad {
-    fn name(&self) -> &'static str {
-        "perturb-const-conv2d-col2im-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = super::f32_slice(s1, l1, "const conv2d col2im grad")?;
-        let r = super::f32_slice(s2, l2, "const conv2d col2im grad")?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("const conv2d col2im grad: gradient and output shapes differ")
-        }
-        self.run(g, r, l1.shape())
-    }
-}
-
-impl Col2imGrad {
     /// The input gradient for the upstream gradient `g` and the layer's output `r`, both of
     /// shape `shape` (`[N, O, OH, OW]`).
     fn run(&self, g: &[f32], r: &[f32], shape: &Shape) -> Result<(CpuStorage, Shape)> {
