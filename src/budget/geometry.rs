@@ -109,26 +109,18 @@ impl Budget {
     /// The L∞ random start from `noise` as one loop over CPU `f32` data, bit for bit
     /// `project(f32(f64(x) + noise), x)`; `None` for other tensors.
     pub(super) fn linf_start_cpu(&self, x: &Tensor, noise: &[f64]) -> Result<Option<Tensor>> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || noise.len() != x.elem_count() {
+        if noise.len() != x.elem_count() {
             return Ok(None);
         }
-        let (storage, layout) = x.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        let (eps, lo, hi) = (self.eps, self.lo, self.hi);
-        let out: Vec<f32> = v[start..end]
-            .iter()
-            .zip(noise)
-            .map(|(&x, &u)| {
-                let v = (f64::from(x) + u) as f32;
-                min(max(v, max(x - eps, lo)), min(x + eps, hi))
-            })
-            .collect();
-        drop(storage);
-        Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+        let out = with_cpu_f32(&[x], |[x]| {
+            x.iter()
+                .zip(noise)
+                .map(|(&x, &u)| self.linf_clamp((f64::from(x) + u) as f32, x))
+                .collect()
+        });
+        Ok(out
+            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+            .transpose()?)
     }
 
     /// The L∞ [`Budget::step`] as one loop over CPU `f32` data; `None` for other tensors.
@@ -139,43 +131,32 @@ impl Budget {
         x: &Tensor,
         alpha: f32,
     ) -> Result<Option<Tensor>> {
-        let tensors = [x_adv, grad, x];
-        if x_adv.dims() != x.dims()
-            || tensors
-                .iter()
-                .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
-        {
+        if x_adv.dims() != x.dims() {
             return Ok(None);
         }
-        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-        let mut slices = Vec::with_capacity(3);
-        for (storage, layout) in &guards {
-            let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-                (&**storage, layout.contiguous_offsets())
-            else {
-                return Ok(None);
-            };
-            slices.push(&v[start..end]);
-        }
-        let [a, g, x0] = [slices[0], slices[1], slices[2]];
-        // The composed ops, element by element: sign, affine (v·alpha + 0), add, the two
-        // bounds (x ± eps, each an affine then a maximum/minimum with the box), then
-        // maximum and minimum with candle's comparison order.
-        let (eps, lo, hi) = (self.eps, self.lo, self.hi);
-        let out: Vec<f32> = a
-            .iter()
-            .zip(g)
-            .zip(x0)
-            .map(|((&a, &g), &x)| {
-                let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
-                let v = a + (sign * alpha + 0.0);
-                let lower = max(x - eps, lo);
-                let upper = min(x + eps, hi);
-                min(max(v, lower), upper)
-            })
-            .collect();
-        drop(guards);
-        Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+        // The composed ops, element by element: sign, affine (v·alpha + 0), add, projection.
+        let out = with_cpu_f32(&[x_adv, grad, x], |[a, g, x0]| {
+            a.iter()
+                .zip(g)
+                .zip(x0)
+                .map(|((&a, &g), &x)| {
+                    let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+                    self.linf_clamp(a + (sign * alpha + 0.0), x)
+                })
+                .collect()
+        });
+        Ok(out
+            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+            .transpose()?)
+    }
+
+    /// [`Budget::project`] for L∞ of one pixel `v` around the clean pixel `x`, with its
+    /// arithmetic: the bounds `x ± eps` (an affine each) met with the box, then candle's
+    /// maximum and minimum.
+    fn linf_clamp(&self, v: f32, x: f32) -> f32 {
+        let lower = max(x - self.eps, self.lo);
+        let upper = min(x + self.eps, self.hi);
+        min(max(v, lower), upper)
     }
 
     /// The ball radius used in `f64`, shrunk by the worst-case rounding `slack`.
@@ -349,4 +330,28 @@ fn min(a: f32, b: f32) -> f32 {
     } else {
         a
     }
+}
+
+/// `f` on the data of `N` tensors, or `None` unless each is a contiguous `f32` tensor on the CPU.
+fn with_cpu_f32<const N: usize>(
+    tensors: &[&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Vec<f32>,
+) -> Option<Vec<f32>> {
+    if tensors
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return None;
+    }
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for ((storage, layout), slice) in guards.iter().zip(&mut slices) {
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return None;
+        };
+        *slice = &v[start..end];
+    }
+    Some(f(slices))
 }
