@@ -47,11 +47,11 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// Maximum of window (i, j) of a plane, and its number of ties. Branch-free (a maximum,
-    /// then a count): on real activations which element wins is unpredictable, and
-    /// mispredicted branches made the backward pass ten times slower than the forward.
+    /// Maximum of window (i, j) of a plane. Branch-free, as [`Geometry::ties`]: on real
+    /// activations which element wins is unpredictable, and mispredicted branches made the
+    /// backward pass ten times slower than the forward.
     #[inline]
-    fn window_max(&self, plane: &[f32], i: usize, j: usize) -> (f32, u32) {
+    fn window_max(&self, plane: &[f32], i: usize, j: usize) -> f32 {
         let base = i * self.s * self.w + j * self.s;
         let mut m = f32::NEG_INFINITY;
         for a in 0..self.k {
@@ -59,14 +59,27 @@ impl Geometry {
                 m = m.max(v);
             }
         }
+        m
+    }
+
+    /// How many elements of window (i, j) equal its maximum `m`.
+    #[inline]
+    fn ties(&self, plane: &[f32], i: usize, j: usize, m: f32) -> u32 {
+        let base = i * self.s * self.w + j * self.s;
         let mut ties = 0u32;
         for a in 0..self.k {
             for &v in &plane[base + a * self.w..][..self.k] {
                 ties += u32::from(v == m);
             }
         }
-        (m, ties)
+        ties
     }
+}
+
+/// Maximum of a 2×2 window, as [`Geometry::window_max`] computes it.
+#[inline]
+fn max4(a: f32, b: f32, c: f32, d: f32) -> f32 {
+    f32::NEG_INFINITY.max(a).max(b).max(c).max(d)
 }
 
 impl CustomOp1 for MaxPool {
@@ -134,14 +147,14 @@ pub(super) fn forward(
                     for (j, o) in orow.iter_mut().enumerate() {
                         let (a, b) = (r0[2 * j], r0[2 * j + 1]);
                         let (c, d) = (r1[2 * j], r1[2 * j + 1]);
-                        *o = f32::NEG_INFINITY.max(a).max(b).max(c).max(d);
+                        *o = max4(a, b, c, d);
                     }
                 }
                 return;
             }
             for i in 0..ho {
                 for j in 0..wo {
-                    out[i * wo + j] = geo.window_max(plane, i, j).0;
+                    out[i * wo + j] = geo.window_max(plane, i, j);
                 }
             }
         });
@@ -179,7 +192,8 @@ pub(super) fn backward(
             }
             for i in 0..ho {
                 for j in 0..wo {
-                    let (m, ties) = geo.window_max(plane, i, j);
+                    let m = geo.window_max(plane, i, j);
+                    let ties = geo.ties(plane, i, j, m);
                     let share = gplane[i * wo + j] / ties.max(1) as f32;
                     for a in 0..geo.k {
                         let start = (i * geo.s + a) * geo.w + j * geo.s;
@@ -202,7 +216,7 @@ fn backward_2x2(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usiz
         let (d0, d1) = dplane[2 * i * w..][..2 * w].split_at_mut(w);
         for (j, &gv) in grow.iter().enumerate() {
             let (a, b, c, d) = (r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]);
-            let m = f32::NEG_INFINITY.max(a).max(b).max(c).max(d);
+            let m = max4(a, b, c, d);
             let ties =
                 u32::from(a == m) + u32::from(b == m) + u32::from(c == m) + u32::from(d == m);
             let share = gv / ties.max(1) as f32;
