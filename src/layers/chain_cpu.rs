@@ -7,6 +7,7 @@
 //! stages' input-gradient kernels back to front on host buffers, and nothing else is allocated.
 //! The values and gradients are those of the layers applied one by one.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -87,14 +88,16 @@ impl CustomOp1 for Chain {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::f32_slice(storage, layout, self.name())?;
         let mut acts: Vec<(Vec<f32>, Shape)> = Vec::with_capacity(self.stages.len() + 1);
-        let (mut cur, mut shape) = (x.to_vec(), layout.shape().clone());
+        // the input is copied only to be kept
+        let (mut cur, mut shape) = (Cow::Borrowed(x), layout.shape().clone());
         for stage in &self.stages {
             let (next, next_shape) = stage.forward(&cur, &shape)?;
             if self.keep {
-                acts.push((cur, shape));
+                acts.push((cur.into_owned(), shape));
             }
-            (cur, shape) = (next, next_shape);
+            (cur, shape) = (Cow::Owned(next), next_shape);
         }
+        let cur = cur.into_owned();
         if self.keep {
             acts.push((cur.clone(), shape.clone()));
             let mut saved = self
