@@ -1,6 +1,7 @@
 //! Stride-1 2-D convolution with constant weights as a candle custom op on CPU: per sample,
-//! one strided GEMM per kernel offset (8+ input channels) or im2col and one GEMM forward, and an
-//! input-only backward that is itself such a convolution (or col2im).
+//! the direct AVX-512 kernel of `direct_cpu.rs` where the CPU has it, else one strided GEMM per
+//! kernel offset (8+ input channels) or im2col and one GEMM forward, and an input-only backward
+//! that is itself such a convolution (or, without AVX-512, col2im).
 //!
 //! For stride 1 and padding `p ≤ k − 1`, the gradient with respect to the input is the "full"
 //! convolution of the upstream gradient, padded by `k − 1 − p`, with the kernel flipped in space
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::direct_cpu;
+
 /// A stride-1 convolution `[N, C, H, W]` → `[N, O, H + 2p − KH + 1, W + 2p − KW + 1]` with
 /// fixed weights, differentiable with respect to its input only.
 #[derive(Debug, Clone)]
@@ -22,6 +25,9 @@ pub(super) struct ConstConv {
     /// The kernel of [`ConstConv::input_gradient`], `[C, O·KH·KW]`: flipped in space, channels
     /// swapped. Flipping twice gives `w` back, so the gradient convolution swaps the two.
     flipped: Arc<Vec<f32>>,
+    /// `w` and `flipped` in the direct kernel's layout ([`direct_cpu::pack`]), packed once.
+    packed: Arc<Vec<f32>>,
+    packed_flipped: Arc<Vec<f32>>,
     /// Bias `[O]`, if any.
     bias: Option<Arc<Vec<f32>>>,
     o: usize,
@@ -33,6 +39,8 @@ pub(super) struct ConstConv {
     pw: usize,
     /// The activation fused after the convolution (bias included).
     act: Act,
+    /// Whether to run the direct AVX-512 kernel (the CPU has it); chosen once per layer.
+    direct: bool,
 }
 
 /// An activation fused into a layer: applied in the same pass forward, and backward masks the
@@ -76,8 +84,9 @@ impl Act {
     }
 }
 
-/// Input channels from which [`ConstConv::sample_shifted`] beats im2col (a first layer with
-/// one or three channels keeps im2col: its per-offset GEMMs would sum over almost nothing).
+/// Input channels from which [`ConstConv::sample_shifted`]'s GEMMs beat im2col (a first layer
+/// with one or three channels keeps im2col: its per-offset GEMMs would sum over almost nothing).
+/// The direct kernel, where the CPU has it, takes every channel count.
 const SHIFTED_MIN_CHANNELS: usize = 8;
 
 impl ConstConv {
@@ -94,17 +103,29 @@ impl ConstConv {
             && bias.as_ref().is_none_or(|b| b.len() == o)
             && ph < kh
             && pw < kw;
-        ok.then(|| Self {
-            flipped: Arc::new(flip(&w, [o, c, kh, kw])),
-            w: Arc::new(w),
-            bias: bias.map(Arc::new),
-            o,
-            c,
-            kh,
-            kw,
-            ph,
-            pw,
-            act: Act::Linear,
+        ok.then(|| {
+            let flipped = flip(&w, [o, c, kh, kw]);
+            // a 1×1 kernel without padding is one large GEMM, which gemm does well
+            let direct = direct_cpu::available() && !(kh == 1 && kw == 1 && ph == 0 && pw == 0);
+            let pack = |w: &[f32], o: usize, k: usize| match direct {
+                true => direct_cpu::pack(w, o, k),
+                false => Vec::new(),
+            };
+            Self {
+                packed: Arc::new(pack(&w, o, c * kh * kw)),
+                packed_flipped: Arc::new(pack(&flipped, c, o * kh * kw)),
+                flipped: Arc::new(flipped),
+                w: Arc::new(w),
+                bias: bias.map(Arc::new),
+                o,
+                c,
+                kh,
+                kw,
+                ph,
+                pw,
+                act: Act::Linear,
+                direct,
+            }
         })
     }
 
@@ -121,6 +142,8 @@ impl ConstConv {
         Self {
             w: self.flipped.clone(),
             flipped: self.w.clone(),
+            packed: self.packed_flipped.clone(),
+            packed_flipped: self.packed.clone(),
             bias: None,
             o: self.c,
             c: self.o,
@@ -129,6 +152,7 @@ impl ConstConv {
             ph: kh - 1 - self.ph,
             pw: kw - 1 - self.pw,
             act: Act::Linear,
+            direct: self.direct,
         }
     }
 
@@ -142,10 +166,11 @@ impl ConstConv {
         self.kh == 1 && self.kw == 1 && self.ph == 0 && self.pw == 0
     }
 
-    /// Whether to convolve by shifted GEMMs ([`ConstConv::sample_shifted`]) rather than im2col:
-    /// worth it once the per-offset GEMMs have enough input channels to sum over.
+    /// Whether to convolve in the shifted layout ([`ConstConv::sample_shifted`]) rather than by
+    /// im2col: always with the direct kernel, else once the per-offset GEMMs have enough input
+    /// channels to sum over.
     fn shifted(&self) -> bool {
-        !self.pointwise() && self.c >= SHIFTED_MIN_CHANNELS
+        !self.pointwise() && (self.c >= SHIFTED_MIN_CHANNELS || self.direct)
     }
 
     /// Scratch floats one sample of an `h × w` input needs.
@@ -172,7 +197,8 @@ impl ConstConv {
     /// only when there is padding) and the output computed on the padded width (`full[o, p]`,
     /// `p = oy·wp + ox`), kernel offset `(i, j)` reads the input plane at `p + i·wp + j`, a
     /// plain strided matrix. So the convolution is `KH·KW` GEMMs `[O, C] · [C, P]` summed into
-    /// `full`, then the `ow` valid columns of each row are kept, with bias and activation.
+    /// `full` (or the direct kernel, which computes the same sums tap by tap in registers), then
+    /// the `ow` valid columns of each row are kept, with bias and activation.
     /// `P = (oh − 1)·wp + ow` stops at the last valid output, so no read passes the input.
     fn sample_shifted(
         &self,
@@ -208,7 +234,17 @@ impl ConstConv {
         };
         let full = &mut full[..o * p_len];
         debug_assert!(input.len() >= c * hp * wp && self.w.len() == o * c * kh * kw);
-        for i in 0..kh {
+        let geometry = direct_cpu::Geometry {
+            o,
+            c,
+            kh,
+            kw,
+            plane: hp * wp,
+            wp,
+            p_len,
+        };
+        let direct = self.direct && direct_cpu::shifted(&self.packed, geometry, input, full);
+        for i in (0..kh).filter(|_| !direct) {
             for j in 0..kw {
                 let first = i == 0 && j == 0;
                 // SAFETY: `full` is `[O, P]` row-major. The left matrix is the kernel slice
@@ -398,8 +434,9 @@ impl ConstConv {
 impl ConstConv {
     /// The input gradient (`[N, C, H, W]` for an `h × w` input) of this convolution and its
     /// activation, from the upstream gradient `g` and the layer's output `out` (both `[N, O,
-    /// OH, OW]` of shape `out_shape`), on host slices: col2im when the layer has fewer input
-    /// than output channels, else the full convolution of the masked gradient. The backward of
+    /// OH, OW]` of shape `out_shape`), on host slices: the full convolution of the masked
+    /// gradient, or col2im when the layer has fewer input than output channels and the CPU lacks
+    /// the direct kernel (the GEMM path would sum over almost nothing per output). The backward of
     /// the op and of [`forward_chain`](super::forward_chain)'s chain both come here.
     pub(super) fn input_grad(
         &self,
@@ -408,7 +445,7 @@ impl ConstConv {
         out_shape: &Shape,
         (h, w): (usize, usize),
     ) -> Result<(CpuStorage, Shape)> {
-        if self.c < self.o {
+        if self.c < self.o && !self.direct {
             // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
             // over the O outputs and scatters C·K² columns back, where the full convolution
             // would build an O·K²-row im2col of the upstream gradient.
@@ -620,5 +657,81 @@ impl Col2imGrad {
         let scratch = || (vec![0f32; o * ohw], vec![0f32; col_len]);
         for_each_sample(&mut gx, in_len, scratch, run);
         Ok((CpuStorage::F32(gx), Shape::from((n, cv.c, self.h, self.w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1), no two neighbours alike.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    fn f32s(s: CpuStorage) -> Vec<f32> {
+        match s {
+            CpuStorage::F32(v) => v,
+            _ => panic!("not f32"),
+        }
+    }
+
+    fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// The direct kernel and the portable GEMM / im2col / col2im paths give the same outputs
+    /// and input gradients (the integration tests check the default path against candle-nn; on
+    /// a CPU with AVX-512 that is the direct kernel, and this keeps the others checked too).
+    #[test]
+    fn direct_kernel_and_portable_paths_agree() {
+        if !direct_cpu::available() {
+            return;
+        }
+        // (batch, in, out, kernel, padding, height, width)
+        let cases = [
+            (2, 1, 32, 3, 0, 28, 28),
+            (3, 32, 32, 3, 0, 26, 26),
+            (2, 32, 64, 3, 0, 12, 12),
+            (2, 3, 5, 3, 1, 9, 7),
+            (1, 9, 17, 5, 2, 11, 6),
+            (2, 16, 1, 3, 1, 8, 8),
+        ];
+        for (seed, (n, c, o, k, p, h, w)) in cases.into_iter().enumerate() {
+            for act in [Act::Linear, Act::Relu, Act::Relu6] {
+                let (wt, b) = (values(o * c * k * k, seed), values(o, seed + 1));
+                let conv = ConstConv::new(wt, Some(b), [o, c, k, k], (p, p))
+                    .unwrap()
+                    .with_act(act);
+                assert!(conv.direct);
+                let portable = ConstConv {
+                    direct: false,
+                    ..conv.clone()
+                };
+                let x: Vec<f32> = values(n * c * h * w, seed + 2)
+                    .iter()
+                    .map(|v| v * 3.0)
+                    .collect();
+                let shape = Shape::from((n, c, h, w));
+                let (y, y_shape) = conv.batch(&x, None, &shape).unwrap();
+                let (y_ref, _) = portable.batch(&x, None, &shape).unwrap();
+                let (y, y_ref) = (f32s(y), f32s(y_ref));
+                let case = (n, c, o, k, p, h, w, act);
+                assert!(max_rel_diff(&y, &y_ref) < 1e-5, "forward {case:?}");
+                let g = values(y.len(), seed + 3);
+                let (gx, _) = conv.input_grad(&g, &y, &y_shape, (h, w)).unwrap();
+                let (gx_ref, _) = portable.input_grad(&g, &y_ref, &y_shape, (h, w)).unwrap();
+                let (gx, gx_ref) = (f32s(gx), f32s(gx_ref));
+                assert_eq!(gx.len(), x.len());
+                assert!(
+                    gx_ref.iter().any(|v| *v != 0.0),
+                    "gradient {case:?} vanished"
+                );
+                assert!(max_rel_diff(&gx, &gx_ref) < 1e-5, "gradient {case:?}");
+            }
+        }
     }
 }

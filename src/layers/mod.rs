@@ -8,6 +8,7 @@
 mod chain_cpu;
 mod conv_cpu;
 mod depthwise_cpu;
+mod direct_cpu;
 mod max_pool_cpu;
 
 pub use depthwise_cpu::{same_padding, DepthwiseConv2d};

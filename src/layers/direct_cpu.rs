@@ -1,0 +1,290 @@
+//! A register-blocked direct convolution kernel (AVX-512) for the shifted layout of
+//! [`ConstConv`](super::conv_cpu::ConstConv): `full[o, p] = Σ_{c,i,j} w[o, c, i, j] ·
+//! input[c, p + i·wp + j]` over a zero-padded input plane of width `wp`.
+//!
+//! The shifted-GEMM path computes the same sum as `KH·KW` small GEMMs (`[O, C] · [C, P]`), and
+//! at MNIST sizes (C = 32, P ≈ 600) the `gemm` crate spends a large share of each call packing
+//! the same weights and input again. Here the weights are packed once, when the layer is built
+//! (`[⌈O/8⌉, C·KH·KW, 8]`), and each block of 8 output channels × 48 output positions stays in
+//! 24 registers while the kernel walks all `C·KH·KW` taps, reading the input in place (the last
+//! strip of a row is only as wide as it needs to be; channels after the last whole block of 8
+//! run one at a time with 192 positions in registers, so a one-channel input gradient wastes no
+//! lanes). Every weight broadcast feeds up to 12 fused multiply-adds, every input load 8.
+//!
+//! The sum runs over the taps in a fixed order (channel, then kernel row, then column), so the
+//! result depends only on the data, not on threads or batch size. It is used when the CPU has
+//! AVX-512F (checked at run time); elsewhere the shifted GEMMs and im2col run. Results then differ
+//! between such CPUs in float rounding only.
+
+/// Output channels per register block.
+pub(super) const BLOCK_O: usize = 8;
+
+/// The weights `w` (`[O, K]` row-major, `K = C·KH·KW`) in the kernel's layout: blocks of
+/// [`BLOCK_O`] output channels, each `[K, BLOCK_O]`, channels past `O` zero.
+pub(super) fn pack(w: &[f32], o: usize, k: usize) -> Vec<f32> {
+    let blocks = o.div_ceil(BLOCK_O);
+    let mut packed = vec![0f32; blocks * k * BLOCK_O];
+    for oi in 0..o {
+        let (b, lane) = (oi / BLOCK_O, oi % BLOCK_O);
+        for t in 0..k {
+            packed[(b * k + t) * BLOCK_O + lane] = w[oi * k + t];
+        }
+    }
+    packed
+}
+
+/// Whether [`shifted`] can run on this CPU.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The geometry of one shifted convolution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geometry {
+    /// Output channels.
+    pub o: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Kernel height and width.
+    pub kh: usize,
+    pub kw: usize,
+    /// Floats per input channel plane (`hp·wp`) and the plane's width.
+    pub plane: usize,
+    pub wp: usize,
+    /// Output positions per channel (`(oh − 1)·wp + ow`).
+    pub p_len: usize,
+}
+
+/// `full[o·p_len + p] = Σ_{c,i,j} w[o, c, i, j] · input[c·plane + i·wp + j + p]` for
+/// `p < p_len`, with `packed` from [`pack`]. Returns `false` (and writes nothing) when the CPU
+/// lacks AVX-512F or a slice is too short for the geometry.
+pub(super) fn shifted(packed: &[f32], g: Geometry, input: &[f32], full: &mut [f32]) -> bool {
+    let k = g.c * g.kh * g.kw;
+    let fits = g.c >= 1
+        && g.kh >= 1
+        && g.kw >= 1
+        && g.p_len >= 1
+        && packed.len() >= g.o.div_ceil(BLOCK_O) * k * BLOCK_O
+        && full.len() >= g.o * g.p_len
+        // the farthest tap of the last position
+        && input.len() >= (g.c - 1) * g.plane + (g.kh - 1) * g.wp + g.kw - 1 + g.p_len;
+    if !fits || !available() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512F is present (checked above) and the extents were checked against
+        // the geometry.
+        unsafe { avx512::shifted(packed, g, input, full) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Geometry, BLOCK_O};
+
+    const LANES: usize = 16;
+
+    /// The mask of the lanes of the vector at `start` that lie before `len`.
+    #[inline(always)]
+    fn lanes(start: usize, len: usize) -> u16 {
+        let n = len.saturating_sub(start).min(LANES);
+        ((1u32 << n) - 1) as u16
+    }
+
+    /// # Safety
+    /// AVX-512F must be available, and the slices must hold the geometry (see
+    /// [`super::shifted`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn shifted(packed: &[f32], g: Geometry, input: &[f32], full: &mut [f32]) {
+        let k = g.c * g.kh * g.kw;
+        let (inp, w, out) = (input.as_ptr(), packed.as_ptr(), full.as_mut_ptr());
+        // whole blocks of 8 channels: 8 × 3 vectors in registers; lanes past p_len are
+        // masked, and cost as much as live ones, so the last strip is only as wide as needed
+        for ob in 0..g.o / BLOCK_O {
+            let (w, out) = (w.add(ob * k * BLOCK_O), out.add(ob * BLOCK_O * g.p_len));
+            let mut p0 = 0;
+            while p0 + 3 * LANES <= g.p_len {
+                strip::<BLOCK_O, 3>(w, g, inp, out, p0);
+                p0 += 3 * LANES;
+            }
+            match (g.p_len - p0).div_ceil(LANES) {
+                0 => {}
+                1 => strip::<BLOCK_O, 1>(w, g, inp, out, p0),
+                2 => strip::<BLOCK_O, 2>(w, g, inp, out, p0),
+                _ => strip::<BLOCK_O, 3>(w, g, inp, out, p0),
+            }
+        }
+        // the channels after the last whole block, one at a time: 12 vectors in registers
+        for oi in g.o / BLOCK_O * BLOCK_O..g.o {
+            let w = w.add((oi / BLOCK_O) * k * BLOCK_O + oi % BLOCK_O);
+            let out = out.add(oi * g.p_len);
+            let mut p0 = 0;
+            while p0 + 12 * LANES <= g.p_len {
+                strip::<1, 12>(w, g, inp, out, p0);
+                p0 += 12 * LANES;
+            }
+            while p0 < g.p_len {
+                strip::<1, 4>(w, g, inp, out, p0);
+                p0 += 4 * LANES;
+            }
+        }
+    }
+
+    /// Positions `p0 .. p0 + BP·16` (those before `p_len`) of `BO` consecutive output channels:
+    /// `w` points at the first channel's weight for the first tap (the next tap's is
+    /// `BLOCK_O` floats on, the next channel's one float on), `out` at the first channel's
+    /// output row.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn strip<const BO: usize, const BP: usize>(
+        w: *const f32,
+        g: Geometry,
+        inp: *const f32,
+        out: *mut f32,
+        p0: usize,
+    ) {
+        let mut masks = [0u16; BP];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = lanes(p0 + v * LANES, g.p_len);
+        }
+        let mut acc = [[_mm512_setzero_ps(); BP]; BO];
+        let mut wt = w;
+        for ci in 0..g.c {
+            for i in 0..g.kh {
+                // lanes past p_len are masked off: their addresses may pass the input, masked
+                // loads do not touch them
+                let row = inp.wrapping_add(ci * g.plane + i * g.wp + p0);
+                for j in 0..g.kw {
+                    let src = row.wrapping_add(j);
+                    let mut x = [_mm512_setzero_ps(); BP];
+                    for (v, xv) in x.iter_mut().enumerate() {
+                        *xv = _mm512_maskz_loadu_ps(masks[v], src.wrapping_add(v * LANES));
+                    }
+                    for (oo, acc_o) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*wt.add(oo));
+                        for (a, xv) in acc_o.iter_mut().zip(&x) {
+                            *a = _mm512_fmadd_ps(wv, *xv, *a);
+                        }
+                    }
+                    wt = wt.add(BLOCK_O);
+                }
+            }
+        }
+        for (oo, acc_o) in acc.iter().enumerate() {
+            let dst = out.add(oo * g.p_len + p0);
+            for (v, a) in acc_o.iter().enumerate() {
+                _mm512_mask_storeu_ps(dst.wrapping_add(v * LANES), masks[v], *a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sum written out naively, in f64.
+    fn reference(w: &[f32], g: Geometry, input: &[f32]) -> Vec<f64> {
+        let k = g.c * g.kh * g.kw;
+        let mut full = vec![0f64; g.o * g.p_len];
+        for o in 0..g.o {
+            for p in 0..g.p_len {
+                let mut s = 0f64;
+                for c in 0..g.c {
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            s += w[o * k + (c * g.kh + i) * g.kw + j] as f64
+                                * input[c * g.plane + i * g.wp + j + p] as f64;
+                        }
+                    }
+                }
+                full[o * g.p_len + p] = s;
+            }
+        }
+        full
+    }
+
+    #[test]
+    fn matches_the_naive_sum_on_ragged_blocks() {
+        if !available() {
+            return;
+        }
+        // (o, c, kh, kw, hp, wp): channel counts off the block of 8, positions off 48
+        for (o, c, kh, kw, hp, wp) in [
+            (8, 8, 3, 3, 10, 10),
+            (9, 3, 3, 3, 7, 11),
+            (3, 1, 1, 1, 1, 5),
+            (1, 32, 3, 3, 30, 30),
+            (1, 4, 2, 2, 40, 9),
+            (17, 5, 2, 4, 9, 13),
+            (32, 32, 3, 3, 28, 28),
+            (4, 2, 1, 1, 1, 88),
+            (16, 2, 1, 1, 1, 88),
+        ] {
+            let (oh, ow) = (hp - kh + 1, wp - kw + 1);
+            let g = Geometry {
+                o,
+                c,
+                kh,
+                kw,
+                plane: hp * wp,
+                wp,
+                p_len: (oh - 1) * wp + ow,
+            };
+            let k = c * kh * kw;
+            // deterministic values with both signs, no two alike
+            let w: Vec<f32> = (0..o * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                .collect();
+            let input: Vec<f32> = (0..c * hp * wp)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0)
+                .collect();
+            let sentinel = 1234.5f32;
+            let mut full = vec![sentinel; o * g.p_len + 7];
+            assert!(shifted(&pack(&w, o, k), g, &input, &mut full));
+            let want = reference(&w, g, &input);
+            for (idx, (&got, &want)) in full.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * want.abs().max(1.0);
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{:?} at {idx}: {got} vs {want}",
+                    (o, c, kh, kw, hp, wp)
+                );
+            }
+            // nothing past the output
+            assert!(full[o * g.p_len..].iter().all(|&v| v == sentinel));
+        }
+    }
+
+    #[test]
+    fn refuses_slices_too_short_for_the_geometry() {
+        let g = Geometry {
+            o: 2,
+            c: 2,
+            kh: 3,
+            kw: 3,
+            plane: 25,
+            wp: 5,
+            p_len: 13,
+        };
+        let packed = pack(&[0.5; 36], 2, 18);
+        let mut full = vec![0f32; 26];
+        assert!(!shifted(&packed, g, &[1.0; 49], &mut full));
+        assert!(!shifted(&packed, g, &[1.0; 50], &mut full[..25]));
+    }
+}
