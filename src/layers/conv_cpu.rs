@@ -9,6 +9,7 @@
 //! the reduction over `O·KH·KW` (a long, GEMM-friendly inner dimension) instead of candle's
 //! `conv_transpose2d` loop, and computes no weight gradient: the weights are constants.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -173,24 +174,32 @@ impl ConstConv {
         !self.pointwise() && (self.c >= SHIFTED_MIN_CHANNELS || self.direct)
     }
 
-    /// Scratch floats one sample of an `h × w` input needs.
-    fn scratch_len(&self, (h, w): (usize, usize)) -> usize {
+    /// Whether the shifted layout needs a padded copy of the input.
+    fn padded(&self) -> bool {
+        self.ph + self.pw > 0
+    }
+
+    /// Scratch floats one sample of an `h × w` input needs, `masked` if the input is to be
+    /// masked first ([`ConstConv::sample`]).
+    fn scratch_len(&self, (h, w): (usize, usize), masked: bool) -> usize {
         let Some((oh, ow)) = self.out_hw(h, w) else {
             return 0;
         };
-        if self.pointwise() {
-            0
-        } else if self.shifted() {
-            let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
-            let padded = if self.ph + self.pw > 0 {
-                self.c * hp * wp
-            } else {
-                0
-            };
-            padded + self.o * ((oh - 1) * wp + ow)
+        let mask_copy = if masked && !(self.shifted() && self.padded()) {
+            self.c * h * w
         } else {
-            self.c * self.kh * self.kw * oh * ow
-        }
+            0
+        };
+        mask_copy
+            + if self.pointwise() {
+                0
+            } else if self.shifted() {
+                let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
+                let padded = if self.padded() { self.c * hp * wp } else { 0 };
+                padded + self.o * ((oh - 1) * wp + ow)
+            } else {
+                self.c * self.kh * self.kw * oh * ow
+            }
     }
 
     /// Convolve one sample without im2col: with the input zero-padded to `hp × wp` (copied
@@ -203,6 +212,7 @@ impl ConstConv {
     fn sample_shifted(
         &self,
         x: &[f32],
+        mask: Option<(&[f32], Act)>,
         (h, w): (usize, usize),
         scratch: &mut [f32],
         out: &mut [f32],
@@ -214,18 +224,25 @@ impl ConstConv {
         let (c, o, kh, kw) = (self.c, self.o, self.kh, self.kw);
         let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
         let p_len = (oh - 1) * wp + ow;
-        let padded_len = if self.ph + self.pw > 0 {
-            c * hp * wp
-        } else {
-            0
-        };
+        let padded_len = if self.padded() { c * hp * wp } else { 0 };
         let (pad_buf, full) = scratch.split_at_mut(padded_len);
         let input: &[f32] = if padded_len > 0 {
-            pad_buf.fill(0.0);
-            for ci in 0..c {
+            // the scratch is reused: zero the border, copy (and mask) the interior, in one pass
+            let (ph, pw) = (self.ph, self.pw);
+            for (ci, plane) in pad_buf.chunks_exact_mut(hp * wp).enumerate() {
+                plane[..ph * wp].fill(0.0);
+                plane[(ph + h) * wp..].fill(0.0);
                 for y in 0..h {
-                    let dst = (ci * hp + y + self.ph) * wp + self.pw;
-                    pad_buf[dst..dst + w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
+                    let row = &mut plane[(ph + y) * wp..][..wp];
+                    row[..pw].fill(0.0);
+                    row[pw + w..].fill(0.0);
+                    let at = (ci * h + y) * w;
+                    match mask {
+                        Some((m, act)) => {
+                            act.mask(&x[at..][..w], &m[at..][..w], &mut row[pw..][..w])
+                        }
+                        None => row[pw..][..w].copy_from_slice(&x[at..][..w]),
+                    }
                 }
             }
             pad_buf
@@ -282,12 +299,17 @@ impl ConstConv {
             let src = &full[oi * p_len..][..p_len];
             let dst = &mut out[oi * oh * ow..][..oh * ow];
             for oy in 0..oh {
-                for (d, s) in dst[oy * ow..][..ow].iter_mut().zip(&src[oy * wp..][..ow]) {
-                    *d = s + b;
+                let (d, s) = (&mut dst[oy * ow..][..ow], &src[oy * wp..][..ow]);
+                match self.act {
+                    Act::Linear => d.iter_mut().zip(s).for_each(|(d, s)| *d = s + b),
+                    Act::Relu => d.iter_mut().zip(s).for_each(|(d, s)| *d = (s + b).max(0.0)),
+                    Act::Relu6 => d
+                        .iter_mut()
+                        .zip(s)
+                        .for_each(|(d, s)| *d = (s + b).clamp(0.0, 6.0)),
                 }
             }
         }
-        self.act.apply(&mut out[..o * oh * ow]);
     }
 
     /// Convolve one sample `x` (`[C, H, W]`) into `out` (`[O, OH, OW]`), using `col` as scratch
@@ -296,6 +318,7 @@ impl ConstConv {
     fn sample(
         &self,
         x: &[f32],
+        mask: Option<(&[f32], Act)>,
         (h, w): (usize, usize),
         col: &mut [f32],
         out: &mut [f32],
@@ -304,8 +327,21 @@ impl ConstConv {
         let Some((oh, ow)) = self.out_hw(h, w) else {
             return;
         };
+        if self.shifted() && self.padded() {
+            // the mask is applied while the input is copied into its padding
+            self.sample_shifted(x, mask, (h, w), col, out, par);
+            return;
+        }
+        let (masked, col) = col.split_at_mut(if mask.is_some() { x.len() } else { 0 });
+        let x: &[f32] = match mask {
+            Some((m, act)) => {
+                act.mask(x, m, masked);
+                masked
+            }
+            None => x,
+        };
         if self.shifted() {
-            self.sample_shifted(x, (h, w), col, out, par);
+            self.sample_shifted(x, None, (h, w), col, out, par);
             return;
         }
         let ohw = oh * ow;
@@ -406,27 +442,12 @@ impl ConstConv {
             candle_core::bail!("const conv2d: input and mask sizes disagree")
         }
         let mut out = vec![0f32; n * out_len];
-        let col_len = self.scratch_len((h, w));
-        let run = |(col, masked): &mut (Vec<f32>, Vec<f32>),
-                   (i, dst): (usize, &mut [f32]),
-                   par: gemm::Parallelism| {
+        let col_len = self.scratch_len((h, w), mask.is_some());
+        for_each_sample(&mut out, out_len, |(i, dst), par| {
             let src = &x[i * in_len..(i + 1) * in_len];
-            match mask {
-                Some((m, act)) => {
-                    let m = &m[i * in_len..(i + 1) * in_len];
-                    act.mask(src, m, masked);
-                    self.sample(masked, (h, w), col, dst, par);
-                }
-                None => self.sample(src, (h, w), col, dst, par),
-            }
-        };
-        let scratch = || {
-            (
-                vec![0f32; col_len],
-                vec![0f32; if mask.is_some() { in_len } else { 0 }],
-            )
-        };
-        for_each_sample(&mut out, out_len, scratch, run);
+            let m = mask.map(|(m, act)| (&m[i * in_len..(i + 1) * in_len], act));
+            with_scratch(col_len, |col| self.sample(src, m, (h, w), col, dst, par));
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
     }
 }
@@ -461,28 +482,48 @@ impl ConstConv {
     }
 }
 
-/// Run `job(scratch, (sample, its chunk of out), parallelism)` for every `len`-long chunk of
-/// `out`: one sample per rayon task with single-threaded GEMMs when there are at least as many
-/// samples as threads; otherwise (a single image) the samples in turn, each GEMM split over the
-/// threads. gemm splits the output, never the sum, so the bits do not depend on the choice.
-fn for_each_sample<S>(
+/// Run `job((sample, its chunk of out), parallelism)` for every `len`-long chunk of `out`: one
+/// sample per rayon task with single-threaded GEMMs when there are at least as many samples as
+/// threads; otherwise (a single image) the samples in turn, each GEMM split over the threads.
+/// gemm splits the output, never the sum, so the bits do not depend on the choice.
+fn for_each_sample(
     out: &mut [f32],
     len: usize,
-    scratch: impl Fn() -> S + Sync + Send,
-    job: impl Fn(&mut S, (usize, &mut [f32]), gemm::Parallelism) + Sync + Send,
+    job: impl Fn((usize, &mut [f32]), gemm::Parallelism) + Sync + Send,
 ) {
     let len = len.max(1);
     let threads = rayon::current_num_threads();
     if out.len() / len >= threads {
         out.par_chunks_mut(len)
             .enumerate()
-            .for_each_init(scratch, |s, chunk| job(s, chunk, gemm::Parallelism::None));
+            .for_each(|chunk| job(chunk, gemm::Parallelism::None));
     } else {
-        let mut s = scratch();
         for chunk in out.chunks_mut(len).enumerate() {
-            job(&mut s, chunk, gemm::Parallelism::Rayon(threads));
+            job(chunk, gemm::Parallelism::Rayon(threads));
         }
     }
+}
+
+thread_local! {
+    /// Each thread's scratch for the per-sample kernels, kept between calls: a layer's padded
+    /// input and im2col buffers are neither allocated nor zeroed per call (the kernels write
+    /// every float they read). It grows to the largest layer's need and stays that size.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on `len` floats of this thread's scratch, of unspecified contents (a fresh buffer
+/// if the scratch is in use further up this thread's stack, as when rayon runs another job
+/// while waiting).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 /// Input gradient of a conv + activation as an op on (upstream gradient, the layer's output):
@@ -646,16 +687,15 @@ impl Col2imGrad {
         }
         let col_len = cv.c * cv.kh * cv.kw * ohw;
         let mut gx = vec![0f32; n * in_len];
-        let run = |(masked, col): &mut (Vec<f32>, Vec<f32>),
-                   (i, dst): (usize, &mut [f32]),
-                   par: gemm::Parallelism| {
+        for_each_sample(&mut gx, in_len, |(i, dst), par| {
             let gs = &g[i * o * ohw..][..o * ohw];
             let rs = &r[i * o * ohw..][..o * ohw];
-            cv.act.mask(gs, rs, masked);
-            self.sample(masked, col, dst, par);
-        };
-        let scratch = || (vec![0f32; o * ohw], vec![0f32; col_len]);
-        for_each_sample(&mut gx, in_len, scratch, run);
+            with_scratch(o * ohw + col_len, |scratch| {
+                let (masked, col) = scratch.split_at_mut(o * ohw);
+                cv.act.mask(gs, rs, masked);
+                self.sample(masked, col, dst, par);
+            });
+        });
         Ok((CpuStorage::F32(gx), Shape::from((n, cv.c, self.h, self.w))))
     }
 }
@@ -699,6 +739,9 @@ mod tests {
             (2, 3, 5, 3, 1, 9, 7),
             (1, 9, 17, 5, 2, 11, 6),
             (2, 16, 1, 3, 1, 8, 8),
+            // the gradient convolution without padding, and a pointwise one: masked copies
+            (2, 8, 8, 3, 2, 5, 6),
+            (2, 4, 8, 1, 0, 5, 5),
         ];
         for (seed, (n, c, o, k, p, h, w)) in cases.into_iter().enumerate() {
             for act in [Act::Linear, Act::Relu, Act::Relu6] {
@@ -706,7 +749,7 @@ mod tests {
                 let conv = ConstConv::new(wt, Some(b), [o, c, k, k], (p, p))
                     .unwrap()
                     .with_act(act);
-                assert!(conv.direct);
+                assert!(conv.direct || conv.pointwise());
                 let portable = ConstConv {
                     direct: false,
                     ..conv.clone()
