@@ -1,5 +1,5 @@
-//! The constant-weight convolution (`perturb::layers::Conv2d`): values and input gradients equal
-//! stock candle's, on random layers and on every shipped model.
+//! The constant-weight layers (`perturb::layers::Conv2d`, `Linear`, `DepthwiseConv2d`): values
+//! and input gradients equal stock candle's, on random layers and on every shipped model.
 
 mod common;
 
@@ -101,6 +101,72 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
 }
 
 #[test]
+fn random_linear_layers_match_candle_nn_in_value_and_input_gradient() {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(7);
+    // (batch, input shape after the batch, out): flat and image-shaped inputs, one-row batches
+    let cases: [(usize, &[usize], usize); 5] = [
+        (1, &[5], 3),
+        (7, &[12], 1),
+        (3, &[2, 3, 4], 9),
+        (32, &[64, 4, 4], 200),
+        (2, &[1], 17),
+    ];
+    for (n, dims, out) in cases {
+        let inp: usize = dims.iter().product();
+        let weight =
+            Tensor::from_vec(common::uniform(&mut rng, out * inp, 0.5), (out, inp), &dev).unwrap();
+        let bias = Tensor::from_vec(common::uniform(&mut rng, out, 0.5), out, &dev).unwrap();
+        let shape: Vec<usize> = std::iter::once(n).chain(dims.iter().copied()).collect();
+        let x = Var::from_tensor(
+            &Tensor::from_vec(common::pixels(&mut rng, n * inp), shape.as_slice(), &dev).unwrap(),
+        )
+        .unwrap();
+        for relu in [false, true] {
+            let mut fast =
+                perturb::layers::Linear::new(weight.clone(), Some(bias.clone())).unwrap();
+            if relu {
+                fast = fast.with_relu();
+            }
+            assert!(fast.is_fast());
+            let stock = candle_nn::Linear::new(weight.clone(), Some(bias.clone()));
+            let stock = |x: &Tensor| {
+                let y = stock.forward(&x.flatten_from(1)?)?;
+                if relu {
+                    y.relu()
+                } else {
+                    Ok(y)
+                }
+            };
+            let (yf, ys) = (fast.forward(&x).unwrap(), stock(&x).unwrap());
+            assert_eq!(yf.dims(), ys.dims());
+            let case = (n, dims, out, relu);
+            assert!(
+                max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0),
+                "{case:?}"
+            );
+            let r = Tensor::from_vec(
+                common::uniform(&mut rng, ys.elem_count(), 1.0),
+                ys.dims(),
+                &dev,
+            )
+            .unwrap();
+            let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
+            assert_eq!(gf.dims(), x.dims());
+            let err = max_abs_diff(gf, gs);
+            assert!(err <= 1e-5 * max_abs(gs).max(1.0), "case {case:?}: {err}");
+            // (with a ReLU, a one-row batch may have every unit off)
+            assert!(
+                relu || max_abs(gs) > 0.0,
+                "case {case:?}: a vanishing gradient"
+            );
+        }
+    }
+}
+
+#[test]
 fn trained_weights_keep_stock_autograd() {
     // Variables (weights being trained) take candle-nn's path, which has weight gradients.
     let dev = Device::Cpu;
@@ -108,6 +174,15 @@ fn trained_weights_keep_stock_autograd() {
     let conv =
         perturb::layers::Conv2d::new(w.as_tensor().clone(), None, Default::default()).unwrap();
     assert!(!conv.is_fast());
+    let fc = perturb::layers::Linear::new(
+        Var::ones((2, 3), candle_core::DType::F32, &dev)
+            .unwrap()
+            .as_tensor()
+            .clone(),
+        None,
+    )
+    .unwrap();
+    assert!(!fc.is_fast());
     let x = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &dev).unwrap();
     let grads = conv
         .forward(&x)

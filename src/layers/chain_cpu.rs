@@ -1,4 +1,5 @@
-//! A run of constant-weight convolutions and max-pools as one candle custom op on CPU.
+//! A run of constant-weight convolutions, max-pools and fully connected layers as one candle
+//! custom op on CPU.
 //!
 //! candle's autograd keeps a node per layer, and for every node backward allocates a zero tensor
 //! and adds the incoming gradient to it: for a CNN's early feature maps (11 MB at batch 128 for
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::conv_cpu::ConstConv;
+use super::linear_cpu::ConstLinear;
 use super::max_pool_cpu;
 
 /// One stage of a [`Chain`].
@@ -22,6 +24,8 @@ pub(super) enum Stage {
     Conv(ConstConv),
     /// Max-pooling with a square kernel and stride.
     Pool { kernel: usize, stride: usize },
+    /// A constant-weight fully connected layer with its fused activation (flattens its input).
+    Linear(ConstLinear),
 }
 
 impl Stage {
@@ -35,6 +39,7 @@ impl Stage {
                 Ok((out, shape))
             }
             Stage::Pool { kernel, stride } => max_pool_cpu::forward(x, shape, *kernel, *stride),
+            Stage::Linear(fc) => fc.forward(x, shape),
         }
     }
 
@@ -57,6 +62,7 @@ impl Stage {
             Stage::Pool { kernel, stride } => {
                 max_pool_cpu::backward(x, g, x_shape, *kernel, *stride)
             }
+            Stage::Linear(fc) => fc.input_grad(g, out),
         }
     }
 }

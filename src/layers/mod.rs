@@ -9,6 +9,7 @@ mod chain_cpu;
 mod conv_cpu;
 mod depthwise_cpu;
 mod direct_cpu;
+mod linear_cpu;
 mod max_pool_cpu;
 
 pub use depthwise_cpu::{same_padding, DepthwiseConv2d};
@@ -259,6 +260,107 @@ impl Module for Conv2d {
     }
 }
 
+/// A fully connected layer that computes only the input gradient when its weights are constants.
+///
+/// With constant (non-[`Var`](candle_core::Var)) `f32` weights on the CPU, the layer is one
+/// custom op whose backward is `∂L/∂x = g · W` alone: candle's own `matmul` backward also
+/// computes the weight gradient (a GEMM, a zero tensor and an addition of the weight's size per
+/// attack step) that an attack never reads. In every other case it is candle-nn's `Linear` with
+/// stock autograd. Inputs `[N, …]` are flattened to `[N, in]` first. Values and gradients agree
+/// with candle-nn to float rounding.
+///
+/// ```
+/// use candle_core::{Device, Module, Tensor, Var};
+/// let dev = Device::Cpu;
+/// let w = Tensor::new(&[[1.0f32, -2.0, 0.5], [0.0, 3.0, -1.0]], &dev)?;
+/// let b = Tensor::new(&[0.1f32, -0.2], &dev)?;
+/// let fast = perturb::layers::Linear::new(w.clone(), Some(b.clone()))?;
+/// assert!(fast.is_fast());
+/// let stock = candle_nn::Linear::new(w, Some(b));
+/// let x = Var::new(&[[0.2f32, 0.4, 0.6], [0.9, 0.1, 0.3]], &dev)?;
+/// let (a, s) = (fast.forward(&x)?, stock.forward(&x)?);
+/// assert!((a - &s)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
+/// let ga = fast.forward(&x)?.sqr()?.sum_all()?.backward()?;
+/// let gs = stock.forward(&x)?.sqr()?.sum_all()?.backward()?;
+/// let missing = || candle_core::Error::Msg("no gradient".into());
+/// let (ga, gs) = (ga.get(&x).ok_or_else(missing)?, gs.get(&x).ok_or_else(missing)?);
+/// assert!((ga - gs)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Linear {
+    stock: candle_nn::Linear,
+    fast: Option<linear_cpu::ConstLinear>,
+    act: Act,
+}
+
+impl Linear {
+    /// A layer with `weight` `[out, in]` and an optional `bias` `[out]`.
+    ///
+    /// # Errors
+    /// When the weights cannot be copied to the host.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let eligible = is_constant_cpu_f32(&weight)
+            && bias.as_ref().is_none_or(is_constant_cpu_f32)
+            && weight.rank() == 2;
+        let fast = if eligible {
+            let (out, inp) = weight.dims2()?;
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            let b = bias
+                .as_ref()
+                .map(|b| b.flatten_all()?.to_vec1::<f32>())
+                .transpose()?;
+            linear_cpu::ConstLinear::new(w, b, out, inp)
+        } else {
+            None
+        };
+        Ok(Self {
+            stock: candle_nn::Linear::new(weight, bias),
+            fast,
+            act: Act::Linear,
+        })
+    }
+
+    /// The same layer followed by a ReLU, fused on the fast path (gradient 0 at 0, as PyTorch).
+    pub fn with_relu(self) -> Self {
+        Self {
+            fast: self.fast.map(|f| f.with_act(Act::Relu)),
+            act: Act::Relu,
+            ..self
+        }
+    }
+
+    /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The equivalent candle-nn layer.
+    pub fn stock(&self) -> &candle_nn::Linear {
+        &self.stock
+    }
+}
+
+impl TryFrom<candle_nn::Linear> for Linear {
+    type Error = candle_core::Error;
+
+    fn try_from(fc: candle_nn::Linear) -> candle_core::Result<Self> {
+        Linear::new(fc.weight().clone(), fc.bias().cloned())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.flatten_from(1)?;
+        match &self.fast {
+            Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1(op.clone())
+            }
+            _ => activate(&self.stock.forward(&x)?, self.act),
+        }
+    }
+}
+
 /// One layer of a run applied by [`forward_chain`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum ChainLayer<'a> {
@@ -266,6 +368,8 @@ pub(crate) enum ChainLayer<'a> {
     Conv(&'a Conv2d),
     /// [`max_pool2d`] with this kernel and stride.
     MaxPool(usize, usize),
+    /// A fully connected layer with its fused activation (on `[N, …]`, flattened).
+    Linear(&'a Linear),
 }
 
 /// Apply `layers` in turn. On CPU `f32` input with every convolution on its fast path the run is
@@ -281,6 +385,7 @@ pub(crate) fn forward_chain(x: &Tensor, layers: &[ChainLayer]) -> candle_core::R
                 kernel: *kernel,
                 stride: *stride,
             }),
+            ChainLayer::Linear(fc) => fc.fast.clone().map(chain_cpu::Stage::Linear),
         })
         .collect();
     match stages {
@@ -291,6 +396,7 @@ pub(crate) fn forward_chain(x: &Tensor, layers: &[ChainLayer]) -> candle_core::R
         _ => layers.iter().try_fold(x.clone(), |h, layer| match layer {
             ChainLayer::Conv(conv) => conv.forward(&h),
             ChainLayer::MaxPool(kernel, stride) => max_pool2d(&h, *kernel, *stride),
+            ChainLayer::Linear(fc) => fc.forward(&h),
         }),
     }
 }

@@ -17,9 +17,9 @@
 use std::collections::HashMap;
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2dConfig, Linear};
+use candle_nn::Conv2dConfig;
 
-use crate::layers::{forward_chain, ChainLayer, Conv2d};
+use crate::layers::{forward_chain, ChainLayer, Conv2d, Linear};
 
 /// One parameter tensor of an architecture.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +80,7 @@ impl MnistLinear {
     /// Build from named tensors (as loaded from safetensors).
     pub(crate) fn from_tensors(t: &HashMap<String, Tensor>) -> Option<Self> {
         Some(Self {
-            fc: Linear::new(t.get("fc.weight")?.clone(), Some(t.get("fc.bias")?.clone())),
+            fc: Linear::new(t.get("fc.weight")?.clone(), Some(t.get("fc.bias")?.clone())).ok()?,
         })
     }
 }
@@ -115,11 +115,11 @@ impl SmallCnn {
         let fc = |i: usize| -> Option<Linear> {
             let w = t.get(&format!("classifier.{i}.weight"))?.clone();
             let b = t.get(&format!("classifier.{i}.bias"))?.clone();
-            Some(Linear::new(w, Some(b)))
+            Linear::new(w, Some(b)).ok()
         };
         Some(Self {
             convs: [conv(0)?, conv(2)?, conv(5)?, conv(7)?],
-            fcs: [fc(0)?, fc(3)?, fc(5)?],
+            fcs: [fc(0)?.with_relu(), fc(3)?.with_relu(), fc(5)?],
         })
     }
 }
@@ -127,9 +127,10 @@ impl SmallCnn {
 impl Module for SmallCnn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [c1, c2, c3, c4] = &self.convs;
-        // each convolution carries its ReLU (fused on the fast path); the feature extractor
-        // runs as one op on the CPU
-        let h = forward_chain(
+        let [f1, f2, f3] = &self.fcs;
+        // each layer carries its ReLU (fused on the fast path); on the CPU the whole network is
+        // one op, with an input-only backward
+        forward_chain(
             x,
             &[
                 ChainLayer::Conv(c1),
@@ -138,10 +139,10 @@ impl Module for SmallCnn {
                 ChainLayer::Conv(c3),
                 ChainLayer::Conv(c4),
                 ChainLayer::MaxPool(2, 2),
+                ChainLayer::Linear(f1),
+                ChainLayer::Linear(f2),
+                ChainLayer::Linear(f3),
             ],
-        )?
-        .flatten_from(1)?;
-        let [f1, f2, f3] = &self.fcs;
-        f3.forward(&f2.forward(&f1.forward(&h)?.relu()?)?.relu()?)
+        )
     }
 }

@@ -18,10 +18,10 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2dConfig, Linear};
+use candle_nn::Conv2dConfig;
 
 use super::arch::ParamSpec;
-use crate::layers::{same_padding, Conv2d, DepthwiseConv2d};
+use crate::layers::{same_padding, Conv2d, DepthwiseConv2d, Linear};
 
 /// Batch-norm ε of the TensorFlow original.
 const BN_EPS: f64 = 1e-3;
@@ -208,7 +208,8 @@ impl EfficientNetLite0 {
             fc: Linear::new(
                 t.get("_fc.weight")?.clone(),
                 Some(t.get("_fc.bias")?.clone()),
-            ),
+            )
+            .ok()?,
         })
     }
 }

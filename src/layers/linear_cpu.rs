@@ -1,0 +1,194 @@
+//! A fully connected layer with constant weights as a candle custom op on CPU, with an
+//! input-only backward.
+//!
+//! candle's backward of `matmul` always computes the gradient of both operands: for a
+//! classifier's weights (MNIST's 1024 → 200 layer, EfficientNet's 1280 → 1000) that is a GEMM, a
+//! zero tensor and an addition of the weight's size on every attack step, for a gradient nobody
+//! reads. Here backward computes only `∂L/∂x = (g ⊙ act′) · W`.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::conv_cpu::Act;
+
+/// `y = act(x · Wᵀ + b)` for `x` `[N, in]` (any shape `[N, …]` with `in` features per row).
+#[derive(Debug, Clone)]
+pub(super) struct ConstLinear {
+    /// Weights `[out, in]`, row-major.
+    w: Arc<Vec<f32>>,
+    /// Bias `[out]`, if any.
+    bias: Option<Arc<Vec<f32>>>,
+    out: usize,
+    inp: usize,
+    act: Act,
+}
+
+impl ConstLinear {
+    /// From weights `[out, in]` (row-major data) and a bias; `None` when the sizes disagree.
+    pub(super) fn new(w: Vec<f32>, bias: Option<Vec<f32>>, out: usize, inp: usize) -> Option<Self> {
+        let ok = w.len() == out * inp && bias.as_ref().is_none_or(|b| b.len() == out);
+        ok.then(|| Self {
+            w: Arc::new(w),
+            bias: bias.map(Arc::new),
+            out,
+            inp,
+            act: Act::Linear,
+        })
+    }
+
+    /// The same layer followed by `act`, fused.
+    pub(super) fn with_act(self, act: Act) -> Self {
+        Self { act, ..self }
+    }
+
+    /// Rows of a `[N, …]` input, checked against the layer's input width.
+    fn rows(&self, len: usize, shape: &Shape) -> Result<usize> {
+        let n = shape.dims().first().copied().unwrap_or(0);
+        if shape.rank() < 2 || n * self.inp != len || shape.elem_count() != len {
+            candle_core::bail!(
+                "const linear: input {shape:?} does not have {} features per row",
+                self.inp
+            )
+        }
+        Ok(n)
+    }
+
+    /// `act(x · Wᵀ + b)` of a `[N, …]` input `x` with `in` features per row: `[N, out]`.
+    pub(super) fn forward(&self, x: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
+        let n = self.rows(x.len(), shape)?;
+        let mut y = vec![0f32; n * self.out];
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.out) {
+                row.copy_from_slice(b);
+            }
+        }
+        // SAFETY: `y` is `[N, out]` row-major, `x` is `[N, in]` row-major, `w` is `[out, in]`
+        // row-major read as its transpose `[in, out]` (row stride 1, column stride `in`); the
+        // lengths were checked by `rows` and `new`.
+        unsafe {
+            gemm::gemm(
+                n,
+                self.out,
+                self.inp,
+                y.as_mut_ptr(),
+                1,
+                self.out as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inp as isize,
+                self.w.as_ptr(),
+                self.inp as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        self.act.apply(&mut y);
+        Ok((y, Shape::from((n, self.out))))
+    }
+
+    /// The input gradient (`[N, in]`, to be shaped as the input) for the upstream gradient `g`
+    /// and the layer's output `y` (both `[N, out]`).
+    pub(super) fn input_grad(&self, g: &[f32], y: &[f32]) -> Result<Vec<f32>> {
+        if g.len() != y.len() || !g.len().is_multiple_of(self.out.max(1)) {
+            candle_core::bail!("const linear grad: gradient and output sizes disagree")
+        }
+        let n = g.len() / self.out.max(1);
+        let masked: Vec<f32>;
+        let g = if self.act == Act::Linear {
+            g
+        } else {
+            let mut m = vec![0f32; g.len()];
+            self.act.mask(g, y, &mut m);
+            masked = m;
+            &masked
+        };
+        let mut gx = vec![0f32; n * self.inp];
+        // SAFETY: `gx` is `[N, in]`, `g` is `[N, out]`, `w` is `[out, in]`, all row-major and of
+        // those lengths (checked above and by `new`).
+        unsafe {
+            gemm::gemm(
+                n,
+                self.inp,
+                self.out,
+                gx.as_mut_ptr(),
+                1,
+                self.inp as isize,
+                false,
+                g.as_ptr(),
+                1,
+                self.out as isize,
+                self.w.as_ptr(),
+                1,
+                self.inp as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        Ok(gx)
+    }
+}
+
+/// gemm splits the output, never the sum, so the bits do not depend on the thread count.
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+impl CustomOp1 for ConstLinear {
+    fn name(&self) -> &'static str {
+        "perturb-const-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::f32_slice(storage, layout, self.name())?;
+        let (y, shape) = self.forward(x, layout.shape())?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = LinearInputGrad(self.clone());
+        let gx = grad_res
+            .contiguous()?
+            .apply_op2_no_bwd(&res.contiguous()?, &op)?;
+        Ok(Some(gx.reshape(arg.shape())?))
+    }
+}
+
+/// [`ConstLinear::input_grad`] as an op on (upstream gradient, the layer's output).
+struct LinearInputGrad(ConstLinear);
+
+impl CustomOp2 for LinearInputGrad {
+    fn name(&self) -> &'static str {
+        "perturb-const-linear-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("const linear grad: gradient and output shapes differ")
+        }
+        let g = super::f32_slice(s1, l1, self.name())?;
+        let y = super::f32_slice(s2, l2, self.name())?;
+        let gx = self.0.input_grad(g, y)?;
+        let n = l1.shape().dims().first().copied().unwrap_or(0);
+        Ok((CpuStorage::F32(gx), Shape::from((n, self.0.inp))))
+    }
+}
