@@ -6,8 +6,9 @@
 //! cargo run --release --example device_bench                      # cpu
 //! cargo run --release --features cuda --example device_bench -- --device cuda --json cuda.json
 //! ```
-//! `--model NAME` restricts the run to one model. Each figure is the median of `--reps` (default 5) runs after one warm-up; on CUDA every run
-//! ends with a device synchronisation. MNIST models use the first test digits, EfficientNet-Lite0
+//! `--model NAME` restricts the run to one model. Each figure is the median of `--reps` (default
+//! 5) runs after one warm-up, PGD-10 of `--pgd-reps` (default 3); on CUDA every run ends with a
+//! device synchronisation. MNIST models use the first test digits, EfficientNet-Lite0
 //! the five sample photos repeated to the batch size.
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 fn main() -> Result<()> {
     let (mut device, mut reps, mut json) = ("cpu".to_string(), 5usize, None::<PathBuf>);
+    let mut pgd_reps = 3usize;
     let mut only: Option<String> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--device" => device = value()?,
             "--reps" => reps = value()?.parse()?,
+            "--pgd-reps" => pgd_reps = value()?.parse()?,
             "--json" => json = Some(value()?.into()),
             "--model" => only = Some(value()?),
             other => bail!("unknown flag {other}"),
@@ -67,7 +70,7 @@ fn main() -> Result<()> {
     );
     for (name, batches) in [
         ("mnist-cnn", vec![32usize, 128]),
-        ("mnist-cnn-robust", vec![128]),
+        ("mnist-cnn-robust", vec![32, 128]),
         ("efficientnet-lite0", vec![1usize, 8, 32]),
     ] {
         if only.as_deref().is_some_and(|m| m != name) {
@@ -102,7 +105,7 @@ fn main() -> Result<()> {
             let grad = median_ms(reps, &dev, || {
                 Ok(loss_and_grad(&on_dev, &xd, &goal, Loss::CrossEntropy).map(|_| ())?)
             })?;
-            let pgd_ms = median_ms(reps.min(3), &dev, || {
+            let pgd_ms = median_ms(pgd_reps, &dev, || {
                 Ok(pgd.run(&on_dev, &xd, &goal).map(|_| ())?)
             })?;
             let ips = n as f64 / (pgd_ms / 1e3);
