@@ -453,6 +453,66 @@ impl ConstConv {
 }
 
 impl ConstConv {
+    /// Output channels, height and width for a `c × h × w` input; `None` when the input does
+    /// not fit the kernel.
+    pub(super) fn out_chw(
+        &self,
+        (c, h, w): (usize, usize, usize),
+    ) -> Option<(usize, usize, usize)> {
+        let (oh, ow) = self.out_hw(h, w)?;
+        (c == self.c).then_some((self.o, oh, ow))
+    }
+
+    /// One sample, on the calling thread: `x` (`[C, H, W]`) into `out` (`[O, OH, OW]`), the
+    /// input first masked by `mask` (a layer's activated output and activation) if given.
+    /// The caller checks the sizes ([`ConstConv::out_chw`]).
+    pub(super) fn forward_sample(
+        &self,
+        x: &[f32],
+        mask: Option<(&[f32], Act)>,
+        (h, w): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let len = self.scratch_len((h, w), mask.is_some());
+        with_scratch(len, |col| {
+            self.sample(x, mask, (h, w), col, out, gemm::Parallelism::None)
+        });
+    }
+
+    /// One sample's input gradient, on the calling thread: [`ConstConv::input_grad`] of the
+    /// upstream gradient `g` and the layer's output `out` (both `[O, OH, OW]`) into `gx`
+    /// (`[C, H, W]`, every float written).
+    pub(super) fn input_grad_sample(
+        &self,
+        g: &[f32],
+        out: &[f32],
+        (h, w): (usize, usize),
+        gx: &mut [f32],
+    ) {
+        let Some((oh, ow)) = self.out_hw(h, w) else {
+            return;
+        };
+        if self.c < self.o && !self.direct {
+            let op = Col2imGrad {
+                conv: self.clone(),
+                h,
+                w,
+            };
+            gx.fill(0.0);
+            with_scratch(
+                self.o * oh * ow + self.c * self.kh * self.kw * oh * ow,
+                |s| {
+                    let (masked, col) = s.split_at_mut(self.o * oh * ow);
+                    self.act.mask(g, out, masked);
+                    op.sample(masked, col, gx, gemm::Parallelism::None);
+                },
+            );
+            return;
+        }
+        let mask = (self.act != Act::Linear).then_some((out, self.act));
+        self.input_gradient().forward_sample(g, mask, (oh, ow), gx);
+    }
+
     /// The input gradient (`[N, C, H, W]` for an `h × w` input) of this convolution and its
     /// activation, from the upstream gradient `g` and the layer's output `out` (both `[N, O,
     /// OH, OW]` of shape `out_shape`), on host slices: the full convolution of the masked

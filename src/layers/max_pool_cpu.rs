@@ -140,26 +140,88 @@ pub(super) fn forward(
     let mut y = vec![0f32; planes * ho * wo];
     y.par_chunks_mut(ho * wo)
         .zip(x.par_chunks(h * w))
-        .for_each(|(out, plane)| {
-            if kernel == 2 && stride == 2 {
-                for (i, orow) in out.chunks_exact_mut(wo).enumerate() {
-                    let (r0, r1) = plane[2 * i * w..][..2 * w].split_at(w);
-                    for (j, o) in orow.iter_mut().enumerate() {
-                        let (a, b) = (r0[2 * j], r0[2 * j + 1]);
-                        let (c, d) = (r1[2 * j], r1[2 * j + 1]);
-                        *o = max4(a, b, c, d);
-                    }
-                }
-                return;
-            }
-            for i in 0..ho {
-                for j in 0..wo {
-                    out[i * wo + j] = geo.window_max(plane, i, j);
-                }
-            }
-        });
+        .for_each(|(out, plane)| forward_plane(plane, out, geo, wo));
     let c = planes / n.max(1);
     Ok((y, Shape::from((n, c, ho, wo))))
+}
+
+/// Pool one plane (`h × geo.w`) into `out` (`ho × wo`, every float written).
+fn forward_plane(plane: &[f32], out: &mut [f32], geo: Geometry, wo: usize) {
+    let w = geo.w;
+    if geo.k == 2 && geo.s == 2 {
+        for (i, orow) in out.chunks_exact_mut(wo).enumerate() {
+            let (r0, r1) = plane[2 * i * w..][..2 * w].split_at(w);
+            for (j, o) in orow.iter_mut().enumerate() {
+                let (a, b) = (r0[2 * j], r0[2 * j + 1]);
+                let (c, d) = (r1[2 * j], r1[2 * j + 1]);
+                *o = max4(a, b, c, d);
+            }
+        }
+        return;
+    }
+    for (i, orow) in out.chunks_exact_mut(wo).enumerate() {
+        for (j, o) in orow.iter_mut().enumerate() {
+            *o = geo.window_max(plane, i, j);
+        }
+    }
+}
+
+/// The output channels, height and width of pooling a `c × h × w` sample, if it fits.
+pub(super) fn out_chw(
+    (c, h, w): (usize, usize, usize),
+    kernel: usize,
+    stride: usize,
+) -> Option<(usize, usize, usize)> {
+    let fits = kernel > 0 && stride > 0 && kernel <= h && kernel <= w;
+    fits.then(|| (c, (h - kernel) / stride + 1, (w - kernel) / stride + 1))
+}
+
+/// One sample (`c × h × w`, fitting per [`out_chw`]) pooled into `out`, on the calling thread.
+pub(super) fn forward_sample(
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    kernel: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    let Some((_, ho, wo)) = out_chw((c, h, w), kernel, stride) else {
+        return;
+    };
+    let geo = Geometry {
+        w,
+        k: kernel,
+        s: stride,
+    };
+    for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(ho * wo)) {
+        forward_plane(plane, o, geo, wo);
+    }
+}
+
+/// One sample's input gradient into `dx` (every float written), on the calling thread.
+pub(super) fn backward_sample(
+    x: &[f32],
+    g: &[f32],
+    (c, h, w): (usize, usize, usize),
+    kernel: usize,
+    stride: usize,
+    dx: &mut [f32],
+) {
+    let Some((_, ho, wo)) = out_chw((c, h, w), kernel, stride) else {
+        return;
+    };
+    let geo = Geometry {
+        w,
+        k: kernel,
+        s: stride,
+    };
+    dx.fill(0.0);
+    for ((plane, gplane), dplane) in x
+        .chunks_exact(h * w)
+        .zip(g.chunks_exact(ho * wo))
+        .zip(dx.chunks_exact_mut(h * w))
+    {
+        backward_plane(plane, gplane, dplane, geo, (ho, wo));
+    }
 }
 
 /// The input gradient of [`forward`] for the input `x` (of shape `shape`) and the upstream
@@ -185,27 +247,36 @@ pub(super) fn backward(
     dx.par_chunks_mut(h * w)
         .zip(x.par_chunks(h * w))
         .zip(g.par_chunks(ho * wo))
-        .for_each(|((dplane, plane), gplane)| {
-            if kernel == 2 && stride == 2 {
-                backward_2x2(plane, gplane, dplane, w, wo);
-                return;
-            }
-            for i in 0..ho {
-                for j in 0..wo {
-                    let m = geo.window_max(plane, i, j);
-                    let ties = geo.ties(plane, i, j, m);
-                    let share = gplane[i * wo + j] / ties.max(1) as f32;
-                    for a in 0..geo.k {
-                        let start = (i * geo.s + a) * geo.w + j * geo.s;
-                        let (src, dst) = (&plane[start..][..geo.k], &mut dplane[start..][..geo.k]);
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d += if v == m { share } else { 0.0 };
-                        }
-                    }
+        .for_each(|((dplane, plane), gplane)| backward_plane(plane, gplane, dplane, geo, (ho, wo)));
+    Ok(dx)
+}
+
+/// Add one plane's input gradient to `dplane` (zeroed by the caller).
+fn backward_plane(
+    plane: &[f32],
+    gplane: &[f32],
+    dplane: &mut [f32],
+    geo: Geometry,
+    (ho, wo): (usize, usize),
+) {
+    if geo.k == 2 && geo.s == 2 {
+        backward_2x2(plane, gplane, dplane, geo.w, wo);
+        return;
+    }
+    for i in 0..ho {
+        for j in 0..wo {
+            let m = geo.window_max(plane, i, j);
+            let ties = geo.ties(plane, i, j, m);
+            let share = gplane[i * wo + j] / ties.max(1) as f32;
+            for a in 0..geo.k {
+                let start = (i * geo.s + a) * geo.w + j * geo.s;
+                let (src, dst) = (&plane[start..][..geo.k], &mut dplane[start..][..geo.k]);
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d += if v == m { share } else { 0.0 };
                 }
             }
-        });
-    Ok(dx)
+        }
+    }
 }
 
 /// [`backward`] of one plane for the common 2×2, stride-2 pool: two input rows at a time, each
