@@ -26,6 +26,20 @@ fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The gradients with respect to `x` of the fast and the stock outputs under the same
+/// non-uniform upstream gradient (the outputs weighted by random factors, then summed).
+fn input_grads(rng: &mut StdRng, x: &Var, yf: &Tensor, ys: &Tensor) -> (Tensor, Tensor) {
+    let r = Tensor::from_vec(
+        common::uniform(rng, ys.elem_count(), 1.0),
+        ys.dims(),
+        ys.device(),
+    )
+    .unwrap();
+    let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    (gf.get(x).unwrap().clone(), gs.get(x).unwrap().clone())
+}
+
 #[test]
 fn random_layers_match_candle_nn_in_value_and_input_gradient() {
     let dev = Device::Cpu;
@@ -82,20 +96,14 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
             let (yf, ys) = (fast.forward(&x).unwrap(), stock(&x).unwrap());
             assert_eq!(yf.dims(), ys.dims());
             assert!(max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0));
-            // a non-uniform upstream gradient: weight the outputs before summing
-            let r = Tensor::from_vec(
-                common::uniform(&mut rng, ys.elem_count(), 1.0),
-                ys.dims(),
-                &dev,
-            )
-            .unwrap();
-            let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
-            let err = max_abs_diff(gf, gs);
+            let (gf, gs) = input_grads(&mut rng, &x, &yf, &ys);
+            let err = max_abs_diff(&gf, &gs);
             let case = (n, c, o, k, p, h, w, relu);
-            assert!(err <= 1e-5 * max_abs(gs).max(1.0), "case {case:?}: {err}");
-            assert!(max_abs(gs) > 0.0, "case {case:?}: some unit must be active");
+            assert!(err <= 1e-5 * max_abs(&gs).max(1.0), "case {case:?}: {err}");
+            assert!(
+                max_abs(&gs) > 0.0,
+                "case {case:?}: some unit must be active"
+            );
         }
     }
 }
@@ -145,21 +153,13 @@ fn random_linear_layers_match_candle_nn_in_value_and_input_gradient() {
                 max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0),
                 "{case:?}"
             );
-            let r = Tensor::from_vec(
-                common::uniform(&mut rng, ys.elem_count(), 1.0),
-                ys.dims(),
-                &dev,
-            )
-            .unwrap();
-            let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
+            let (gf, gs) = input_grads(&mut rng, &x, &yf, &ys);
             assert_eq!(gf.dims(), x.dims());
-            let err = max_abs_diff(gf, gs);
-            assert!(err <= 1e-5 * max_abs(gs).max(1.0), "case {case:?}: {err}");
+            let err = max_abs_diff(&gf, &gs);
+            assert!(err <= 1e-5 * max_abs(&gs).max(1.0), "case {case:?}: {err}");
             // (with a ReLU, a one-row batch may have every unit off)
             assert!(
-                relu || max_abs(gs) > 0.0,
+                relu || max_abs(&gs) > 0.0,
                 "case {case:?}: a vanishing gradient"
             );
         }
