@@ -29,6 +29,9 @@ pub(super) struct ConstConv {
     /// `w` and `flipped` in the direct kernel's layout ([`direct_cpu::pack`]), packed once.
     packed: Arc<Vec<f32>>,
     packed_flipped: Arc<Vec<f32>>,
+    /// `w` for the direct kernel's transpose ([`direct_cpu::pack_transpose`]), which computes
+    /// the input gradient of layers with 8 or more input channels; empty where unused.
+    packed_tr: Arc<Vec<f32>>,
     /// Bias `[O]`, if any.
     bias: Option<Arc<Vec<f32>>>,
     o: usize,
@@ -112,9 +115,14 @@ impl ConstConv {
                 true => direct_cpu::pack(w, o, k),
                 false => Vec::new(),
             };
+            let transposed = direct && c >= direct_cpu::BLOCK_O;
             Self {
                 packed: Arc::new(pack(&w, o, c * kh * kw)),
                 packed_flipped: Arc::new(pack(&flipped, c, o * kh * kw)),
+                packed_tr: Arc::new(match transposed {
+                    true => direct_cpu::pack_transpose(&w, [o, c, kh, kw]),
+                    false => Vec::new(),
+                }),
                 flipped: Arc::new(flipped),
                 w: Arc::new(w),
                 bias: bias.map(Arc::new),
@@ -145,6 +153,7 @@ impl ConstConv {
             flipped: self.w.clone(),
             packed: self.packed_flipped.clone(),
             packed_flipped: self.packed.clone(),
+            packed_tr: Arc::new(Vec::new()),
             bias: None,
             o: self.c,
             c: self.o,
@@ -172,6 +181,11 @@ impl ConstConv {
     /// channels to sum over.
     fn shifted(&self) -> bool {
         !self.pointwise() && (self.c >= SHIFTED_MIN_CHANNELS || self.direct)
+    }
+
+    /// Whether the input gradient runs on the direct kernel's transpose.
+    fn transposed(&self) -> bool {
+        self.direct && !self.packed_tr.is_empty()
     }
 
     /// Whether the shifted layout needs a padded copy of the input.
@@ -479,6 +493,56 @@ impl ConstConv {
         });
     }
 
+    /// One sample's input gradient by the direct kernel's transpose
+    /// ([`direct_cpu::shifted_transpose`]): the masked gradient laid out as the forward's
+    /// output (`[O, P]` on the padded input's width, zero in the columns past `ow`), summed into
+    /// a zeroed padded input plane, whose interior is `gx`. `false` if the kernel refused.
+    fn input_grad_transposed(
+        &self,
+        g: &[f32],
+        out: &[f32],
+        (h, w): (usize, usize),
+        gx: &mut [f32],
+    ) -> bool {
+        let Some((oh, ow)) = self.out_hw(h, w) else {
+            return false;
+        };
+        let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
+        let (o, c, p_len) = (self.o, self.c, (oh - 1) * wp + ow);
+        let geometry = direct_cpu::Geometry {
+            o,
+            c,
+            kh: self.kh,
+            kw: self.kw,
+            plane: hp * wp,
+            wp,
+            p_len,
+        };
+        with_scratch(o * p_len + c * hp * wp, |scratch| {
+            let (grad, plane) = scratch.split_at_mut(o * p_len);
+            for (oi, row) in grad.chunks_exact_mut(p_len).enumerate() {
+                for oy in 0..oh {
+                    let at = (oi * oh + oy) * ow;
+                    let dst = &mut row[oy * wp..];
+                    self.act
+                        .mask(&g[at..][..ow], &out[at..][..ow], &mut dst[..ow]);
+                    let end = if oy + 1 < oh { wp } else { ow };
+                    dst[ow..end].fill(0.0);
+                }
+            }
+            plane.fill(0.0);
+            if !direct_cpu::shifted_transpose(&self.packed_tr, geometry, grad, plane) {
+                return false;
+            }
+            for (ci, dst) in gx.chunks_exact_mut(h * w).enumerate() {
+                for (y, row) in dst.chunks_exact_mut(w).enumerate() {
+                    row.copy_from_slice(&plane[ci * hp * wp + (y + self.ph) * wp + self.pw..][..w]);
+                }
+            }
+            true
+        })
+    }
+
     /// One sample's input gradient, on the calling thread: [`ConstConv::input_grad`] of the
     /// upstream gradient `g` and the layer's output `out` (both `[O, OH, OW]`) into `gx`
     /// (`[C, H, W]`, every float written).
@@ -492,6 +556,9 @@ impl ConstConv {
         let Some((oh, ow)) = self.out_hw(h, w) else {
             return;
         };
+        if self.transposed() && self.input_grad_transposed(g, out, (h, w), gx) {
+            return;
+        }
         if self.c < self.o && !self.direct {
             let op = Col2imGrad {
                 conv: self.clone(),
@@ -526,6 +593,23 @@ impl ConstConv {
         out_shape: &Shape,
         (h, w): (usize, usize),
     ) -> Result<(CpuStorage, Shape)> {
+        if self.transposed() {
+            // sample by sample, as the chain's per-sample backward: the same bits either way
+            let (n, o, oh, ow) = out_shape.dims4()?;
+            if o != self.o || self.out_hw(h, w) != Some((oh, ow)) || g.len() != out.len() {
+                candle_core::bail!("const conv2d grad: gradient shape does not fit the layer")
+            }
+            let (in_len, out_len) = (self.c * h * w, o * oh * ow);
+            if g.len() != n * out_len {
+                candle_core::bail!("const conv2d grad: gradient of the wrong size")
+            }
+            let mut gx = vec![0f32; n * in_len];
+            for_each_sample(&mut gx, in_len, |(i, dst), _| {
+                let (gi, oi) = (&g[i * out_len..][..out_len], &out[i * out_len..][..out_len]);
+                self.input_grad_sample(gi, oi, (h, w), dst);
+            });
+            return Ok((CpuStorage::F32(gx), Shape::from((n, self.c, h, w))));
+        }
         if self.c < self.o && !self.direct {
             // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
             // over the O outputs and scatters C·K² columns back, where the full convolution
