@@ -11,6 +11,11 @@
 //! run one at a time with 192 positions in registers, so a one-channel input gradient wastes no
 //! lanes). Every weight broadcast feeds up to 12 fused multiply-adds, every input load 8.
 //!
+//! [`shifted_transpose`] is the adjoint, for input gradients: the gradient in the forward's
+//! output layout summed back into the padded input, tap by tap (per tap a block of 8 input
+//! channels × 48 positions is loaded, all output channels added in registers, and stored back).
+//! It runs over the forward's positions, fewer than the "full" convolution's on small maps.
+//!
 //! The sum runs over the taps in a fixed order (channel, then kernel row, then column), so the
 //! result depends only on the data, not on threads or batch size. It is used when the CPU has
 //! AVX-512F (checked at run time); elsewhere the shifted GEMMs and im2col run. Results then differ
