@@ -183,6 +183,42 @@ impl ConstConv {
         !self.pointwise() && (self.c >= SHIFTED_MIN_CHANNELS || self.direct)
     }
 
+    /// The shifted layout of an `h × w` input: the padded plane, the output positions on its
+    /// width (`p_len = (oh − 1)·wp + ow`), and the output size `(oh, ow)`.
+    fn geometry(&self, (h, w): (usize, usize)) -> Option<(direct_cpu::Geometry, (usize, usize))> {
+        let (oh, ow) = self.out_hw(h, w)?;
+        let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
+        let geometry = direct_cpu::Geometry {
+            o: self.o,
+            c: self.c,
+            kh: self.kh,
+            kw: self.kw,
+            plane: hp * wp,
+            wp,
+            p_len: (oh - 1) * wp + ow,
+        };
+        Some((geometry, (oh, ow)))
+    }
+
+    /// The batch size of an upstream gradient `g` and layer output `out` of shape `out_shape`
+    /// for an `h × w` input, or an error naming `op` if they do not fit the layer.
+    fn grad_batch(
+        &self,
+        (g, out): (&[f32], &[f32]),
+        out_shape: &Shape,
+        (h, w): (usize, usize),
+        op: &str,
+    ) -> Result<usize> {
+        let (n, o, oh, ow) = out_shape.dims4()?;
+        if o != self.o || self.out_hw(h, w) != Some((oh, ow)) || g.len() != out.len() {
+            candle_core::bail!("{op}: gradient shape does not fit the layer")
+        }
+        if g.len() != n * o * oh * ow {
+            candle_core::bail!("{op}: gradient of the wrong size")
+        }
+        Ok(n)
+    }
+
     /// Whether the input gradient runs on the direct kernel's transpose.
     fn transposed(&self) -> bool {
         self.direct && !self.packed_tr.is_empty()
@@ -196,7 +232,7 @@ impl ConstConv {
     /// Scratch floats one sample of an `h × w` input needs, `masked` if the input is to be
     /// masked first ([`ConstConv::sample`]).
     fn scratch_len(&self, (h, w): (usize, usize), masked: bool) -> usize {
-        let Some((oh, ow)) = self.out_hw(h, w) else {
+        let Some((g, (oh, ow))) = self.geometry((h, w)) else {
             return 0;
         };
         let mask_copy = if masked && !(self.shifted() && self.padded()) {
@@ -208,9 +244,8 @@ impl ConstConv {
             + if self.pointwise() {
                 0
             } else if self.shifted() {
-                let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
-                let padded = if self.padded() { self.c * hp * wp } else { 0 };
-                padded + self.o * ((oh - 1) * wp + ow)
+                let padded = if self.padded() { self.c * g.plane } else { 0 };
+                padded + self.o * g.p_len
             } else {
                 self.c * self.kh * self.kw * oh * ow
             }
@@ -232,12 +267,11 @@ impl ConstConv {
         out: &mut [f32],
         par: gemm::Parallelism,
     ) {
-        let Some((oh, ow)) = self.out_hw(h, w) else {
+        let Some((geometry, (oh, ow))) = self.geometry((h, w)) else {
             return;
         };
         let (c, o, kh, kw) = (self.c, self.o, self.kh, self.kw);
-        let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
-        let p_len = (oh - 1) * wp + ow;
+        let (hp, wp, p_len) = (geometry.plane / geometry.wp, geometry.wp, geometry.p_len);
         let padded_len = if self.padded() { c * hp * wp } else { 0 };
         let (pad_buf, full) = scratch.split_at_mut(padded_len);
         let input: &[f32] = if padded_len > 0 {
@@ -265,15 +299,6 @@ impl ConstConv {
         };
         let full = &mut full[..o * p_len];
         debug_assert!(input.len() >= c * hp * wp && self.w.len() == o * c * kh * kw);
-        let geometry = direct_cpu::Geometry {
-            o,
-            c,
-            kh,
-            kw,
-            plane: hp * wp,
-            wp,
-            p_len,
-        };
         let direct = self.direct && direct_cpu::shifted(&self.packed, geometry, input, full);
         for i in (0..kh).filter(|_| !direct) {
             for j in 0..kw {
@@ -504,22 +529,13 @@ impl ConstConv {
         (h, w): (usize, usize),
         gx: &mut [f32],
     ) -> bool {
-        let Some((oh, ow)) = self.out_hw(h, w) else {
+        let Some((geometry, (oh, ow))) = self.geometry((h, w)) else {
             return false;
         };
-        let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
-        let (o, c, p_len) = (self.o, self.c, (oh - 1) * wp + ow);
-        let geometry = direct_cpu::Geometry {
-            o,
-            c,
-            kh: self.kh,
-            kw: self.kw,
-            plane: hp * wp,
-            wp,
-            p_len,
-        };
-        with_scratch(o * p_len + c * hp * wp, |scratch| {
-            let (grad, plane) = scratch.split_at_mut(o * p_len);
+        let (o, c, wp, p_len, plane) =
+            (self.o, self.c, geometry.wp, geometry.p_len, geometry.plane);
+        with_scratch(o * p_len + c * plane, |scratch| {
+            let (grad, padded) = scratch.split_at_mut(o * p_len);
             for (oi, row) in grad.chunks_exact_mut(p_len).enumerate() {
                 for oy in 0..oh {
                     let at = (oi * oh + oy) * ow;
@@ -530,13 +546,13 @@ impl ConstConv {
                     dst[ow..end].fill(0.0);
                 }
             }
-            plane.fill(0.0);
-            if !direct_cpu::shifted_transpose(&self.packed_tr, geometry, grad, plane) {
+            padded.fill(0.0);
+            if !direct_cpu::shifted_transpose(&self.packed_tr, geometry, grad, padded) {
                 return false;
             }
             for (ci, dst) in gx.chunks_exact_mut(h * w).enumerate() {
                 for (y, row) in dst.chunks_exact_mut(w).enumerate() {
-                    row.copy_from_slice(&plane[ci * hp * wp + (y + self.ph) * wp + self.pw..][..w]);
+                    row.copy_from_slice(&padded[ci * plane + (y + self.ph) * wp + self.pw..][..w]);
                 }
             }
             true
@@ -595,14 +611,8 @@ impl ConstConv {
     ) -> Result<(CpuStorage, Shape)> {
         if self.transposed() {
             // sample by sample, as the chain's per-sample backward: the same bits either way
-            let (n, o, oh, ow) = out_shape.dims4()?;
-            if o != self.o || self.out_hw(h, w) != Some((oh, ow)) || g.len() != out.len() {
-                candle_core::bail!("const conv2d grad: gradient shape does not fit the layer")
-            }
-            let (in_len, out_len) = (self.c * h * w, o * oh * ow);
-            if g.len() != n * out_len {
-                candle_core::bail!("const conv2d grad: gradient of the wrong size")
-            }
+            let n = self.grad_batch((g, out), out_shape, (h, w), "const conv2d grad")?;
+            let (in_len, out_len) = (self.c * h * w, g.len() / n.max(1));
             let mut gx = vec![0f32; n * in_len];
             for_each_sample(&mut gx, in_len, |(i, dst), _| {
                 let (gi, oi) = (&g[i * out_len..][..out_len], &out[i * out_len..][..out_len]);
@@ -821,14 +831,10 @@ impl Col2imGrad {
     /// shape `shape` (`[N, O, OH, OW]`).
     fn run(&self, g: &[f32], r: &[f32], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let cv = &self.conv;
-        let (n, o, oh, ow) = shape.dims4()?;
-        if o != cv.o || cv.out_hw(self.h, self.w) != Some((oh, ow)) || g.len() != r.len() {
-            candle_core::bail!("const conv2d col2im grad: gradient shape does not fit the layer")
-        }
+        let hw = (self.h, self.w);
+        let n = cv.grad_batch((g, r), shape, hw, "const conv2d col2im grad")?;
+        let (_, o, oh, ow) = shape.dims4()?;
         let (ohw, in_len) = (oh * ow, cv.c * self.h * self.w);
-        if g.len() != n * o * ohw {
-            candle_core::bail!("const conv2d col2im grad: gradient of the wrong size")
-        }
         let col_len = cv.c * cv.kh * cv.kw * ohw;
         let mut gx = vec![0f32; n * in_len];
         for_each_sample(&mut gx, in_len, |(i, dst), par| {

@@ -156,6 +156,25 @@ mod avx512 {
         ((1u32 << n) - 1) as u16
     }
 
+    /// The masks of `BP` vectors from position `p0`: lanes at or past `len` off.
+    #[inline(always)]
+    fn strip_masks<const BP: usize>(p0: usize, len: usize) -> [u16; BP] {
+        let mut masks = [0u16; BP];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = lanes(p0 + v * LANES, len);
+        }
+        masks
+    }
+
+    /// The strips along `len` positions, as (first position, vectors): 3 vectors each, the last
+    /// only as many as it needs (masked lanes cost as much as live ones).
+    fn strips(len: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..len.div_ceil(3 * LANES)).map(move |s| {
+            let p0 = s * 3 * LANES;
+            (p0, (len - p0).div_ceil(LANES).min(3))
+        })
+    }
+
     /// # Safety
     /// AVX-512F must be available, and the slices must hold the geometry (see
     /// [`super::shifted`]).
@@ -163,20 +182,15 @@ mod avx512 {
     pub(super) unsafe fn shifted(packed: &[f32], g: Geometry, input: &[f32], full: &mut [f32]) {
         let k = g.c * g.kh * g.kw;
         let (inp, w, out) = (input.as_ptr(), packed.as_ptr(), full.as_mut_ptr());
-        // whole blocks of 8 channels: 8 × 3 vectors in registers; lanes past p_len are
-        // masked, and cost as much as live ones, so the last strip is only as wide as needed
+        // whole blocks of 8 channels: 8 × 3 vectors in registers
         for ob in 0..g.o / BLOCK_O {
             let (w, out) = (w.add(ob * k * BLOCK_O), out.add(ob * BLOCK_O * g.p_len));
-            let mut p0 = 0;
-            while p0 + 3 * LANES <= g.p_len {
-                strip::<BLOCK_O, 3>(w, g, inp, out, p0);
-                p0 += 3 * LANES;
-            }
-            match (g.p_len - p0).div_ceil(LANES) {
-                0 => {}
-                1 => strip::<BLOCK_O, 1>(w, g, inp, out, p0),
-                2 => strip::<BLOCK_O, 2>(w, g, inp, out, p0),
-                _ => strip::<BLOCK_O, 3>(w, g, inp, out, p0),
+            for (p0, vectors) in strips(g.p_len) {
+                match vectors {
+                    1 => strip::<BLOCK_O, 1>(w, g, inp, out, p0),
+                    2 => strip::<BLOCK_O, 2>(w, g, inp, out, p0),
+                    _ => strip::<BLOCK_O, 3>(w, g, inp, out, p0),
+                }
             }
         }
         // the channels after the last whole block, one at a time: 12 vectors in registers
@@ -208,10 +222,7 @@ mod avx512 {
         out: *mut f32,
         p0: usize,
     ) {
-        let mut masks = [0u16; BP];
-        for (v, m) in masks.iter_mut().enumerate() {
-            *m = lanes(p0 + v * LANES, g.p_len);
-        }
+        let masks = strip_masks::<BP>(p0, g.p_len);
         let mut acc = [[_mm512_setzero_ps(); BP]; BO];
         let mut wt = w;
         for ci in 0..g.c {
@@ -258,16 +269,12 @@ mod avx512 {
             let live = (g.c - cb * BLOCK_O).min(BLOCK_O);
             let w = packed.as_ptr().add(cb * taps * g.o * BLOCK_O);
             let (src, dst) = (grad.as_ptr(), gx.as_mut_ptr().add(cb * BLOCK_O * g.plane));
-            let mut p0 = 0;
-            while p0 + 3 * LANES <= g.p_len {
-                transpose_strip::<3>(w, g, src, dst, live, p0);
-                p0 += 3 * LANES;
-            }
-            match (g.p_len - p0).div_ceil(LANES) {
-                0 => {}
-                1 => transpose_strip::<1>(w, g, src, dst, live, p0),
-                2 => transpose_strip::<2>(w, g, src, dst, live, p0),
-                _ => transpose_strip::<3>(w, g, src, dst, live, p0),
+            for (p0, vectors) in strips(g.p_len) {
+                match vectors {
+                    1 => transpose_strip::<1>(w, g, src, dst, live, p0),
+                    2 => transpose_strip::<2>(w, g, src, dst, live, p0),
+                    _ => transpose_strip::<3>(w, g, src, dst, live, p0),
+                }
             }
         }
     }
@@ -285,10 +292,7 @@ mod avx512 {
         live: usize,
         p0: usize,
     ) {
-        let mut masks = [0u16; BP];
-        for (v, m) in masks.iter_mut().enumerate() {
-            *m = lanes(p0 + v * LANES, g.p_len);
-        }
+        let masks = strip_masks::<BP>(p0, g.p_len);
         // channels past `live` are masked off entirely (their weights are zero)
         let mut cmask = [[0u16; BP]; BLOCK_O];
         for (cc, row) in cmask.iter_mut().enumerate() {
@@ -336,6 +340,27 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The geometry of a `kh × kw` kernel over a `hp × wp` padded plane.
+    fn geometry((o, c, kh, kw, hp, wp): (usize, usize, usize, usize, usize, usize)) -> Geometry {
+        let (oh, ow) = (hp - kh + 1, wp - kw + 1);
+        Geometry {
+            o,
+            c,
+            kh,
+            kw,
+            plane: hp * wp,
+            wp,
+            p_len: (oh - 1) * wp + ow,
+        }
+    }
+
+    /// Deterministic values with both signs, no two neighbours alike: `(i·a mod m − m/2) / d`.
+    fn pattern(n: usize, a: usize, m: usize, d: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * a % m) as f32 - (m / 2) as f32) / d)
+            .collect()
+    }
+
     /// The sum written out naively, in f64.
     fn reference(w: &[f32], g: Geometry, input: &[f32]) -> Vec<f64> {
         let k = g.c * g.kh * g.kw;
@@ -374,24 +399,11 @@ mod tests {
             (4, 2, 1, 1, 1, 88),
             (16, 2, 1, 1, 1, 88),
         ] {
-            let (oh, ow) = (hp - kh + 1, wp - kw + 1);
-            let g = Geometry {
-                o,
-                c,
-                kh,
-                kw,
-                plane: hp * wp,
-                wp,
-                p_len: (oh - 1) * wp + ow,
-            };
+            let g = geometry((o, c, kh, kw, hp, wp));
             let k = c * kh * kw;
             // deterministic values with both signs, no two alike
-            let w: Vec<f32> = (0..o * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-                .collect();
-            let input: Vec<f32> = (0..c * hp * wp)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0)
-                .collect();
+            let w = pattern(o * k, 37, 101, 64.0);
+            let input = pattern(c * hp * wp, 53, 97, 32.0);
             let sentinel = 1234.5f32;
             let mut full = vec![sentinel; o * g.p_len + 7];
             assert!(shifted(&pack(&w, o, k), g, &input, &mut full));
@@ -414,8 +426,8 @@ mod tests {
         if !available() {
             return;
         }
-        // ⟨shifted(x), y⟩ = ⟨x, shifted_transpose(y)⟩ for every x, y; here checked entry by
-        // entry: the transpose of a one-hot gradient is a column of the naive sum's matrix
+        // the adjoint of `shifted`: every input entry gathers w · grad over the outputs it
+        // feeds; checked entry by entry against that sum written out naively
         for (o, c, kh, kw, hp, wp) in [
             (8, 8, 3, 3, 10, 10),
             (5, 9, 3, 3, 7, 11),
@@ -424,23 +436,10 @@ mod tests {
             (2, 3, 1, 1, 1, 70),
             (2, 3, 1, 1, 1, 88),
         ] {
-            let (oh, ow) = (hp - kh + 1, wp - kw + 1);
-            let g = Geometry {
-                o,
-                c,
-                kh,
-                kw,
-                plane: hp * wp,
-                wp,
-                p_len: (oh - 1) * wp + ow,
-            };
+            let g = geometry((o, c, kh, kw, hp, wp));
             let k = c * kh * kw;
-            let w: Vec<f32> = (0..o * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-                .collect();
-            let grad: Vec<f32> = (0..o * g.p_len)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 32.0)
-                .collect();
+            let w = pattern(o * k, 37, 101, 64.0);
+            let grad = pattern(o * g.p_len, 53, 97, 32.0);
             // the naive transpose, in f64
             let mut want = vec![0f64; c * hp * wp];
             for oi in 0..o {
