@@ -180,11 +180,14 @@ pub fn loss_and_grad(
     loss: Loss,
 ) -> Result<LossGrad> {
     check_batch(x, f32::MIN, f32::MAX)?;
-    let probe = checked_logits(model, &x.narrow(0, 0, 1)?)?;
-    let classes = probe.dim(1)?;
+    // One forward on the whole batch: its logits give the class count the goal is checked
+    // against, and the same graph is differentiated below.
+    let var = Var::from_tensor(x)?;
+    let logits = checked_logits(model, var.as_tensor())?;
+    let classes = logits.dim(1)?;
     loss.check_classes(classes, goal.is_targeted())?;
     let goal = goal.resolve(x.dim(0)?, classes, x.device())?;
-    loss_and_grad_resolved(model, x, &goal, loss)
+    backward_to_input(&var, logits, &goal, loss)
 }
 
 /// [`loss_and_grad`] on inputs that were already checked.
@@ -196,6 +199,11 @@ pub(crate) fn loss_and_grad_resolved(
 ) -> Result<LossGrad> {
     let var = Var::from_tensor(x)?;
     let logits = checked_logits(model, var.as_tensor())?;
+    backward_to_input(&var, logits, goal, loss)
+}
+
+/// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.
+fn backward_to_input(var: &Var, logits: Tensor, goal: &Resolved, loss: Loss) -> Result<LossGrad> {
     let objective = loss.objective(&logits, &goal.tensor, goal.targeted)?;
     let grads = objective.sum_all()?.backward().map_err(|e| {
         if is_missing_backward(&e) {

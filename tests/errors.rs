@@ -849,8 +849,8 @@ mod attack_params {
 mod model_output {
     use super::*;
 
-    /// Assert `ModelOutput { batch, got }` from both attacks, `loss_and_grad` (batch 1: it probes
-    /// one sample first) and `GradientCheck`.
+    /// Assert `ModelOutput { batch, got }` from both attacks, `loss_and_grad` and `GradientCheck`,
+    /// all judged on the caller's batch of 2.
     fn assert_model_output(model: &dyn Classifier, got_for_batch: &[usize]) {
         let x = input();
         let goal = Goal::untargeted(&labels());
@@ -864,7 +864,7 @@ mod model_output {
         );
         assert_err!(
             loss_and_grad(model, &x, &goal, Loss::CrossEntropy),
-            Error::ModelOutput { batch: 1, .. }
+            Error::ModelOutput { batch: 2, ref got } if got == got_for_batch
         );
         assert_err!(
             GradientCheck::new().run(model, &x),
