@@ -214,7 +214,6 @@ pub(super) fn backward_sample(
         k: kernel,
         s: stride,
     };
-    dx.fill(0.0);
     for ((plane, gplane), dplane) in x
         .chunks_exact(h * w)
         .zip(g.chunks_exact(ho * wo))
@@ -251,7 +250,7 @@ pub(super) fn backward(
     Ok(dx)
 }
 
-/// Add one plane's input gradient to `dplane` (zeroed by the caller).
+/// Write one plane's input gradient into `dplane` (every float written).
 fn backward_plane(
     plane: &[f32],
     gplane: &[f32],
@@ -263,6 +262,8 @@ fn backward_plane(
         backward_2x2(plane, gplane, dplane, geo.w, wo);
         return;
     }
+    // windows may overlap (stride < kernel): sum into a zeroed plane
+    dplane.fill(0.0);
     for i in 0..ho {
         for j in 0..wo {
             let m = geo.window_max(plane, i, j);
@@ -280,8 +281,10 @@ fn backward_plane(
 }
 
 /// [`backward`] of one plane for the common 2×2, stride-2 pool: two input rows at a time, each
-/// window's four pixels in registers.
+/// window's four pixels in registers. Windows do not overlap, so each pixel's gradient is
+/// written once, not summed; a last row or column that no window covers (odd size) gets zero.
 fn backward_2x2(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usize) {
+    let covered = 2 * (g.len() / wo.max(1)) * w;
     for (i, grow) in g.chunks_exact(wo).enumerate() {
         let (r0, r1) = plane[2 * i * w..][..2 * w].split_at(w);
         let (d0, d1) = dplane[2 * i * w..][..2 * w].split_at_mut(w);
@@ -292,10 +295,40 @@ fn backward_2x2(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usiz
                 u32::from(a == m) + u32::from(b == m) + u32::from(c == m) + u32::from(d == m);
             let share = gv / ties.max(1) as f32;
             let pick = |v: f32| if v == m { share } else { 0.0 };
-            d0[2 * j] += pick(a);
-            d0[2 * j + 1] += pick(b);
-            d1[2 * j] += pick(c);
-            d1[2 * j + 1] += pick(d);
+            d0[2 * j] = pick(a);
+            d0[2 * j + 1] = pick(b);
+            d1[2 * j] = pick(c);
+            d1[2 * j + 1] = pick(d);
         }
+        d0[2 * wo..].fill(0.0);
+        d1[2 * wo..].fill(0.0);
+    }
+    dplane[covered..].fill(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-sample backward writes every float of its output, whatever the buffer held (the
+    /// chain reuses buffers), and equals the batch backward: odd sizes leave a row and a column
+    /// that no window covers, overlapping windows sum.
+    #[test]
+    fn sample_backward_overwrites_stale_buffers() -> Result<()> {
+        for (k, s, h, w) in [(2, 2, 7, 9), (2, 2, 8, 8), (3, 2, 9, 7), (2, 3, 8, 8)] {
+            let c = 3;
+            let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+            // quantized values: many ties
+            let x: Vec<f32> = (0..c * h * w)
+                .map(|i| ((i * 7919) % 5) as f32 / 4.0)
+                .collect();
+            let g: Vec<f32> = (0..c * ho * wo).map(|i| 1.0 + i as f32 / 8.0).collect();
+            let want = backward(&x, &g, &Shape::from((1, c, h, w)), k, s)?;
+            let mut dx = vec![f32::NAN; c * h * w];
+            backward_sample(&x, &g, (c, h, w), k, s, &mut dx);
+            assert_eq!(dx, want, "k={k} s={s} {h}x{w}");
+            assert!(want.iter().filter(|v| **v != 0.0).count() >= c * ho * wo / 2);
+        }
+        Ok(())
     }
 }
