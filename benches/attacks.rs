@@ -38,6 +38,8 @@ fn stock(name: &str) -> zoo::ZooModel {
 }
 
 fn benches(c: &mut Criterion) {
+    // as the CLI: freed activations are reused, not page-faulted in again every step
+    perturb::tune_allocator();
     let dev = Device::Cpu;
     let (images, labels) = Mnist::load_test_default(&dev).expect("mnist");
     let models: Vec<(&str, zoo::ZooModel)> = vec![

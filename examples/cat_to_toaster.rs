@@ -59,6 +59,7 @@ fn side_by_side(images: &[&Tensor], path: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let mut image = sample_photo("chelsea.png");
     let (mut target, mut eps_list, mut steps, mut out) = (
         "toaster".to_string(),

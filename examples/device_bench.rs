@@ -41,6 +41,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let (mut device, mut reps, mut json) = ("cpu".to_string(), 5usize, None::<PathBuf>);
     let mut pgd_reps = 3usize;
     let mut only: Option<String> = None;

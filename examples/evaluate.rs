@@ -16,6 +16,7 @@ use perturb::eval::{count_correct, count_robust};
 use perturb::{zoo, Attack, Budget, Fgsm, Pgd};
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let (mut name, mut eps, mut steps, mut alpha, mut n, mut full) = (
         "mnist-cnn".to_string(),
         0.3f32,

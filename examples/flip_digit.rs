@@ -57,6 +57,7 @@ fn smallest_eps<A: Attack>(
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let (mut model_name, mut index, mut image, mut out) = (
         "mnist-cnn".to_string(),
         0usize,

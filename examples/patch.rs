@@ -87,6 +87,7 @@ fn grid(
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let mut model_name = "mnist-cnn".to_string();
     let mut loss = perturb::Loss::CrossEntropy;
     let (mut areas, mut targets) = (vec![0.05f32, 0.082, 0.154, 0.216, 0.25], vec![0u32, 8]);

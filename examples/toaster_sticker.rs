@@ -56,6 +56,7 @@ fn crops(photos: &[RgbImage], per_photo: usize, seed: u64, dev: &Device) -> Resu
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let (mut target, mut area, mut steps, mut batch, mut lr) =
         ("toaster".to_string(), 0.1f32, 300usize, 8usize, 0.05f32);
     let (mut per_photo, mut seed, mut out) = (16usize, 0u64, PathBuf::from("toaster_sticker_out"));

@@ -75,6 +75,7 @@ fn parse() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    perturb::tune_allocator();
     let args = parse()?;
     let device = Device::Cpu;
     let mnist = Mnist::load_default(&device)?;

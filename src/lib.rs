@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod allocator;
 pub mod attack;
 pub mod budget;
 pub mod data;
@@ -47,6 +48,7 @@ pub mod train;
 mod validate;
 pub mod zoo;
 
+pub use allocator::tune_allocator;
 pub use attack::{Adversarial, Attack, Fgsm, Pgd};
 pub use budget::{Budget, Norm};
 pub use data::{read_idx, IdxArray, Mnist};

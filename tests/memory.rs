@@ -2,7 +2,8 @@
 //! resident memory of PGD-100 is at most 1.2 times that of PGD-10 on the same batch.
 //!
 //! Each attack runs in a fresh child process (this test binary, re-run on the ignored helper),
-//! which reports its peak resident set size (`VmHWM` in /proc/self/status) after the attack.
+//! which reports its peak resident set size (`VmHWM` in /proc/self/status) after the attack;
+//! once with glibc's default allocator settings and once after [`perturb::tune_allocator`].
 
 use std::process::Command;
 
@@ -24,6 +25,12 @@ fn child_runs_pgd() {
         return;
     };
     let steps: usize = steps.parse().unwrap();
+    if std::env::var_os("PERTURB_MEMORY_TUNED").is_some() {
+        assert_eq!(
+            perturb::tune_allocator(),
+            cfg!(all(target_os = "linux", target_env = "gnu"))
+        );
+    }
     let dev = Device::Cpu;
     let model = zoo::load("mnist-cnn", &dev).unwrap();
     let (x, y) = Mnist::load_test_default(&dev).unwrap();
@@ -37,12 +44,16 @@ fn child_runs_pgd() {
     println!("PEAK_RSS_KIB {}", peak_rss_kib().unwrap());
 }
 
-fn child_peak(steps: usize) -> u64 {
-    let out = Command::new(std::env::current_exe().unwrap())
+/// Peak RSS of a child running PGD-`steps`, with [`perturb::tune_allocator`] if `tuned`.
+fn child_peak(steps: usize, tuned: bool) -> u64 {
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
         .args(["child_runs_pgd", "--exact", "--ignored", "--nocapture"])
-        .env("PERTURB_MEMORY_STEPS", steps.to_string())
-        .output()
-        .expect("spawn child");
+        .env("PERTURB_MEMORY_STEPS", steps.to_string());
+    if tuned {
+        child.env("PERTURB_MEMORY_TUNED", "1");
+    }
+    let out = child.output().expect("spawn child");
     assert!(
         out.status.success(),
         "{}",
@@ -62,10 +73,13 @@ fn pgd_memory_is_flat_in_the_number_of_steps() {
         eprintln!("no /proc/self/status: skipped (Linux only)");
         return;
     }
-    let (ten, hundred) = (child_peak(10), child_peak(100));
-    println!("peak RSS: PGD-10 {ten} KiB, PGD-100 {hundred} KiB");
-    assert!(
-        hundred as f64 <= 1.2 * ten as f64,
-        "PGD-100 peaked at {hundred} KiB, PGD-10 at {ten} KiB"
-    );
+    // with glibc's defaults, and with freed memory kept for reuse (as the CLI runs)
+    for tuned in [false, true] {
+        let (ten, hundred) = (child_peak(10, tuned), child_peak(100, tuned));
+        println!("peak RSS (tuned allocator: {tuned}): PGD-10 {ten} KiB, PGD-100 {hundred} KiB");
+        assert!(
+            hundred as f64 <= 1.2 * ten as f64,
+            "tuned allocator {tuned}: PGD-100 peaked at {hundred} KiB, PGD-10 at {ten} KiB"
+        );
+    }
 }

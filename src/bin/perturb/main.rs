@@ -19,6 +19,8 @@ use perturb::{zoo, Attack};
 use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded};
 
 fn main() -> ExitCode {
+    // attack loops reuse large buffers: keep freed memory instead of re-faulting it each step
+    perturb::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
