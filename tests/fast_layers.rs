@@ -239,7 +239,8 @@ fn shipped_models_have_stock_gradients_to_1e_5() {
 
 /// The depthwise layer (EfficientNet's), both its CPU kernel and its composed path for other
 /// devices, against candle's own grouped `conv2d` on explicitly padded input: values and input
-/// gradients, strides 1 and 2, odd and even sizes, with and without ReLU6.
+/// gradients, strides 1 and 2, odd and even sizes, small and larger planes, with and without
+/// ReLU6.
 #[test]
 fn depthwise_layer_matches_candle_grouped_conv2d() {
     use perturb::layers::{same_padding, DepthwiseConv2d};
@@ -252,6 +253,9 @@ fn depthwise_layer_matches_candle_grouped_conv2d() {
         (3, 2, 5, 2, 9, 6),
         (2, 5, 5, 1, 6, 7),
         (1, 2, 3, 2, 5, 5),
+        // planes long enough for the kernel's blocks of 64 and 16 outputs and their remainders
+        (1, 3, 3, 1, 21, 23),
+        (2, 2, 5, 2, 30, 17),
     ];
     for (n, c, k, s, h, w) in cases {
         // weights large enough that ReLU6 clips at both ends

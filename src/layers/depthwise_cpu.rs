@@ -219,25 +219,6 @@ impl Kernel {
         })
     }
 
-    /// The output columns `ox` whose input column `ox·s + j − pl` lies inside `[0, w)`.
-    fn cols(&self, j: usize, w: usize, ow: usize) -> std::ops::Range<usize> {
-        let (s, pl) = (self.stride, self.pad[2]);
-        let lo = if j >= pl { 0 } else { (pl - j).div_ceil(s) };
-        let hi = if w + pl > j {
-            (w + pl - j).div_ceil(s).min(ow)
-        } else {
-            0
-        };
-        lo..hi.max(lo)
-    }
-
-    /// The input row of output row `oy` and kernel row `i`, if inside the image.
-    fn row(&self, oy: usize, i: usize, h: usize) -> Option<usize> {
-        (oy * self.stride + i)
-            .checked_sub(self.pad[0])
-            .filter(|&y| y < h)
-    }
-
     fn dims(&self, shape: &Shape) -> Result<(usize, usize, usize, usize, usize)> {
         let (n, c, h, w) = shape.dims4()?;
         if c != self.c {
@@ -253,6 +234,287 @@ impl Kernel {
     }
 }
 
+/// One plane's geometry in the stride's phase layout. Stride `s` splits the zero-padded input
+/// into `s²` phase planes, `phase[a][b][r][c] = padded[s·r + a][s·c + b]`, each `hq × wq`; tap
+/// `(i, j)` then reads phase `(i mod s, j mod s)` at a fixed offset `(i/s)·wq + j/s` from the
+/// output position, so every tap is a stride-1 pass over a contiguous range (outputs laid out
+/// with row length `wq`, the `wq − ow` extra columns discarded). The input gradient runs the
+/// same passes backwards: each phase of the padded gradient gathers the masked output gradient
+/// at minus those offsets.
+struct Phases {
+    k: usize,
+    s: usize,
+    /// Padding above and left of the input.
+    pt: usize,
+    pl: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    /// Rows and columns of each phase plane: `oh + (k−1)/s`, `ow + (k−1)/s`.
+    hq: usize,
+    wq: usize,
+}
+
+impl Phases {
+    fn new(kernel: &Kernel, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Self {
+        let (k, s) = (kernel.k, kernel.stride);
+        let reach = (k - 1) / s;
+        Self {
+            k,
+            s,
+            pt: kernel.pad[0],
+            pl: kernel.pad[2],
+            h,
+            w,
+            oh,
+            ow,
+            hq: oh + reach,
+            wq: ow + reach,
+        }
+    }
+
+    fn phase_len(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Output positions in the phase layout: the last row stops at `ow`.
+    fn flat_len(&self) -> usize {
+        (self.oh - 1) * self.wq + self.ow
+    }
+
+    /// Phase `(a, b)` and offset of tap `(i, j)`.
+    fn tap(&self, i: usize, j: usize) -> (usize, usize) {
+        let (s, wq) = (self.s, self.wq);
+        ((i % s) * s + j % s, (i / s) * wq + j / s)
+    }
+
+    /// The input row of phase row `r` of phases `(a, ·)`, if inside the image.
+    fn input_row(&self, a: usize, r: usize) -> Option<usize> {
+        (self.s * r + a)
+            .checked_sub(self.pt)
+            .filter(|&y| y < self.h)
+    }
+
+    /// The phase columns `c` of phases `(·, b)` whose input column `s·c + b − pl` lies inside
+    /// the image.
+    fn cols(&self, b: usize) -> std::ops::Range<usize> {
+        let (s, pl) = (self.s, self.pl);
+        let lo = pl.saturating_sub(b).div_ceil(s);
+        let hi = (self.w + pl).saturating_sub(b).div_ceil(s).min(self.wq);
+        lo..hi.max(lo)
+    }
+
+    /// One plane's convolution plus `bias` into `out` (`oh × ow`, every float written), before
+    /// the activation.
+    fn forward_plane(
+        &self,
+        plane: &[f32],
+        filter: &[f32],
+        bias: f32,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let (s, pl_len) = (self.s, self.phase_len());
+        scratch.resize(s * s * pl_len + self.flat_len(), 0.0);
+        let (phases, flat) = scratch.split_at_mut(s * s * pl_len);
+        for (p, phase) in phases.chunks_exact_mut(pl_len).enumerate() {
+            let (a, b) = (p / s, p % s);
+            let cols = self.cols(b);
+            for (r, row) in phase.chunks_exact_mut(self.wq).enumerate() {
+                let Some(y) = self.input_row(a, r) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let src = &plane[y * self.w..][..self.w];
+                row[..cols.start].fill(0.0);
+                row[cols.end..].fill(0.0);
+                let first = s * cols.start + b - self.pl;
+                if s == 1 {
+                    row[cols.clone()].copy_from_slice(&src[first..][..cols.len()]);
+                } else {
+                    for (v, &x) in row[cols.clone()]
+                        .iter_mut()
+                        .zip(src[first..].iter().step_by(s))
+                    {
+                        *v = x;
+                    }
+                }
+            }
+        }
+        let phases = &*phases;
+        let taps: Vec<(f32, &[f32])> = (0..self.k * self.k)
+            .map(|t| {
+                let (p, off) = self.tap(t / self.k, t % self.k);
+                (filter[t], &phases[p * pl_len + off..])
+            })
+            .collect();
+        correlate(flat, bias, &taps);
+        for (oy, row) in out.chunks_exact_mut(self.ow).enumerate() {
+            row.copy_from_slice(&flat[oy * self.wq..][..self.ow]);
+        }
+    }
+
+    /// One plane's input gradient into `dx` (`h × w`, every float written), from the upstream
+    /// gradient and the layer's output `(g, r)` (both `oh × ow`).
+    fn backward_plane(
+        &self,
+        (g, r): (&[f32], &[f32]),
+        act: Act,
+        filter: &[f32],
+        scratch: &mut Vec<f32>,
+        dx: &mut [f32],
+    ) {
+        let (s, pl_len, wq) = (self.s, self.phase_len(), self.wq);
+        // The masked gradient in the phase layout, zero in the extra columns, with zeros before
+        // (the largest tap offset) and after (up to a whole phase plane) for the gathers.
+        let margin = ((self.k - 1) / s) * wq + (self.k - 1) / s;
+        let ext_len = margin + pl_len;
+        scratch.resize(ext_len + s * s * pl_len, 0.0);
+        let (ext, phases) = scratch.split_at_mut(ext_len);
+        ext.fill(0.0);
+        for oy in 0..self.oh {
+            let at = oy * self.ow;
+            act.mask(
+                &g[at..][..self.ow],
+                &r[at..][..self.ow],
+                &mut ext[margin + oy * wq..][..self.ow],
+            );
+        }
+        let ext = &*ext;
+        for (p, phase) in phases.chunks_exact_mut(pl_len).enumerate() {
+            let taps: Vec<(f32, &[f32])> = (0..self.k * self.k)
+                .filter_map(|t| {
+                    let (tp, off) = self.tap(t / self.k, t % self.k);
+                    (tp == p).then(|| (filter[t], &ext[margin - off..]))
+                })
+                .collect();
+            correlate(phase, 0.0, &taps);
+        }
+        let phases = &*phases;
+        // the inverse of the forward's phase split; pixels no output reads get 0
+        dx.fill(0.0);
+        for p in 0..s * s {
+            let (a, b) = (p / s, p % s);
+            let cols = self.cols(b);
+            if cols.is_empty() {
+                continue;
+            }
+            let phase = &phases[p * pl_len..][..pl_len];
+            let first = s * cols.start + b - self.pl;
+            for r in 0..self.hq {
+                let Some(y) = self.input_row(a, r) else {
+                    continue;
+                };
+                let (src, dst) = (
+                    &phase[r * wq..][cols.clone()],
+                    &mut dx[y * self.w..][..self.w],
+                );
+                if s == 1 {
+                    dst[first..][..src.len()].copy_from_slice(src);
+                } else {
+                    for (d, &v) in dst[first..].iter_mut().step_by(s).zip(src) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[p] = init + Σ_t w_t · src_t[p]` over the taps in order, for every `p` of `dst` (each
+/// `src_t` at least as long). With AVX-512 where the CPU has it: the same operations in the same
+/// order (no fused multiply-add), so the same bits either way.
+fn correlate(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        unsafe { correlate_avx512(dst, init, taps) };
+        return;
+    }
+    correlate_portable(dst, init, taps);
+}
+
+/// [`correlate`] with four (then one) zmm accumulators held across the taps; the tail as the
+/// portable version.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn correlate_avx512(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
+    use std::arch::x86_64::{
+        _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps,
+    };
+    let n = dst.len();
+    assert!(
+        taps.iter().all(|(_, src)| src.len() >= n),
+        "depthwise conv2d: a tap's source is shorter than its output"
+    );
+    let mut at = 0;
+    // SAFETY (all loads and stores): `at + 64 ≤ n` (or `at + 16 ≤ n`) and every source holds
+    // at least `n` floats, checked above.
+    while at + 64 <= n {
+        let mut acc = [_mm512_set1_ps(init); 4];
+        for &(w, src) in taps {
+            let (wv, p) = (_mm512_set1_ps(w), src.as_ptr().add(at));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, _mm512_loadu_ps(p.add(16 * q))));
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(dst.as_mut_ptr().add(at + 16 * q), *a);
+        }
+        at += 64;
+    }
+    while at + 16 <= n {
+        let mut acc = _mm512_set1_ps(init);
+        for &(w, src) in taps {
+            let x = _mm512_loadu_ps(src.as_ptr().add(at));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(w), x));
+        }
+        _mm512_storeu_ps(dst.as_mut_ptr().add(at), acc);
+        at += 16;
+    }
+    correlate_portable(&mut dst[at..], init, &shifted_taps(taps, at));
+}
+
+/// The taps with each source advanced by `at` floats.
+fn shifted_taps<'a>(taps: &[(f32, &'a [f32])], at: usize) -> Vec<(f32, &'a [f32])> {
+    taps.iter().map(|&(w, src)| (w, &src[at..])).collect()
+}
+
+/// [`correlate`] in blocks of 64 outputs kept in registers across the taps, then 16, then one.
+#[inline(always)]
+fn correlate_portable(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
+    #[inline(always)]
+    fn block<const B: usize>(dst: &mut [f32], at: usize, init: f32, taps: &[(f32, &[f32])]) {
+        let mut acc = [init; B];
+        for &(w, src) in taps {
+            let src = &src[at..at + B];
+            for (a, &x) in acc.iter_mut().zip(src) {
+                *a += w * x;
+            }
+        }
+        dst[at..at + B].copy_from_slice(&acc);
+    }
+    let n = dst.len();
+    assert!(
+        taps.iter().all(|(_, src)| src.len() >= n),
+        "depthwise conv2d: a tap's source is shorter than its output"
+    );
+    let mut at = 0;
+    while at + 64 <= n {
+        block::<64>(dst, at, init, taps);
+        at += 64;
+    }
+    while at + 16 <= n {
+        block::<16>(dst, at, init, taps);
+        at += 16;
+    }
+    while at < n {
+        block::<1>(dst, at, init, taps);
+        at += 1;
+    }
+}
+
 impl CustomOp1 for Kernel {
     fn name(&self) -> &'static str {
         "perturb-depthwise-conv2d"
@@ -261,31 +523,16 @@ impl CustomOp1 for Kernel {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, "depthwise conv2d")?;
         let (n, h, w, oh, ow) = self.dims(layout.shape())?;
-        let (k, s, pl) = (self.k, self.stride, self.pad[2]);
+        let geo = Phases::new(self, (h, w), (oh, ow));
         let mut out = vec![0f32; n * self.c * oh * ow];
         out.par_chunks_mut((oh * ow).max(1))
             .enumerate()
-            .for_each(|(plane_index, dst)| {
+            .for_each_init(Vec::new, |scratch, (plane_index, dst)| {
                 let ci = plane_index % self.c;
                 let plane = &x[plane_index * h * w..][..h * w];
-                let filter = &self.w[ci * k * k..][..k * k];
+                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
                 let b = self.bias.as_ref().map_or(0.0, |b| b[ci]);
-                for oy in 0..oh {
-                    let orow = &mut dst[oy * ow..][..ow];
-                    orow.fill(b);
-                    for i in 0..k {
-                        let Some(y) = self.row(oy, i, h) else {
-                            continue;
-                        };
-                        let xrow = &plane[y * w..][..w];
-                        for j in 0..k {
-                            let wv = filter[i * k + j];
-                            for ox in self.cols(j, w, ow) {
-                                orow[ox] += wv * xrow[ox * s + j - pl];
-                            }
-                        }
-                    }
-                }
+                geo.forward_plane(plane, filter, b, scratch, dst);
                 self.act.apply(dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, self.c, oh, ow))))
@@ -336,31 +583,16 @@ impl CustomOp2 for InputGrad {
         if kn.out_hw(h, w) != Some((oh, ow)) || c != kn.c {
             candle_core::bail!("depthwise conv2d grad: gradient shape does not fit the input")
         }
-        let (k, s, pl) = (kn.k, kn.stride, kn.pad[2]);
+        let geo = Phases::new(kn, (h, w), (oh, ow));
         let mut gx = vec![0f32; n * c * h * w];
         gx.par_chunks_mut((h * w).max(1)).enumerate().for_each_init(
-            || vec![0f32; oh * ow],
-            |masked, (plane_index, dst)| {
+            Vec::new,
+            |scratch, (plane_index, dst)| {
                 let ci = plane_index % c;
                 let gp = &g[plane_index * oh * ow..][..oh * ow];
                 let rp = &r[plane_index * oh * ow..][..oh * ow];
-                kn.act.mask(gp, rp, masked);
-                let filter = &kn.w[ci * k * k..][..k * k];
-                for oy in 0..oh {
-                    let grow = &masked[oy * ow..][..ow];
-                    for i in 0..k {
-                        let Some(y) = kn.row(oy, i, h) else {
-                            continue;
-                        };
-                        let xrow = &mut dst[y * w..][..w];
-                        for j in 0..k {
-                            let wv = filter[i * k + j];
-                            for ox in kn.cols(j, w, ow) {
-                                xrow[ox * s + j - pl] += wv * grow[ox];
-                            }
-                        }
-                    }
-                }
+                let filter = &kn.w[ci * kn.k * kn.k..][..kn.k * kn.k];
+                geo.backward_plane((gp, rp), kn.act, filter, scratch, dst);
             },
         );
         Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
@@ -369,7 +601,34 @@ impl CustomOp2 for InputGrad {
 
 #[cfg(test)]
 mod tests {
-    use super::same_padding;
+    use super::{correlate, correlate_portable, same_padding};
+
+    /// The dispatched kernel (AVX-512 where the CPU has it) gives the same bits as the portable
+    /// one, and both equal the sum written out, for lengths that use every block size.
+    #[test]
+    fn correlate_paths_agree_bit_for_bit() {
+        let src: Vec<f32> = (0..400)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for n in [1, 15, 16, 17, 63, 64, 65, 150, 300] {
+            let taps: Vec<(f32, &[f32])> = [(0.5f32, 0usize), (-1.25, 3), (0.3, 40), (2.0, 99)]
+                .iter()
+                .map(|&(w, off)| (w, &src[off..]))
+                .collect();
+            let (mut fast, mut portable) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            correlate(&mut fast, 0.75, &taps);
+            correlate_portable(&mut portable, 0.75, &taps);
+            let want: Vec<f32> = (0..n)
+                .map(|p| taps.iter().fold(0.75f32, |a, &(w, s)| a + w * s[p]))
+                .collect();
+            assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n = {n}"
+            );
+            assert_eq!(portable, want, "n = {n}");
+        }
+    }
 
     #[test]
     fn same_padding_matches_tensorflow() {
