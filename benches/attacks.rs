@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // EfficientNet-Lite0 (224×224 photos) at batch 1, 32 and 128: forward, gradient and PGD-10
-    // (about 4 s, 16 s and 160 s at batch 128 on two cores). Flat sampling: criterion's minimum
+    // (about 1.4 s, 4 s and 45 s at batch 128 on two cores). Flat sampling: criterion's minimum
     // of 10 samples, one run each, after one warm-up run.
     let photos: Vec<Tensor> = SAMPLE_PHOTOS
         .iter()
