@@ -10,9 +10,9 @@
 
 /// Make glibc's `malloc` serve large blocks from its heap and keep freed memory for reuse
 /// (no `mmap` per block, no trimming of the heap's free top), so that an attack's buffers are
-/// reused from step to step instead of being page-faulted in again. Returns whether it applied: `true` on
-/// Linux with glibc, `false` elsewhere (other allocators already keep memory, or cannot be tuned
-/// this way).
+/// reused from step to step instead of being page-faulted in again. Returns whether it applied:
+/// `true` on Linux with glibc, `false` elsewhere (other allocators already keep memory, or cannot
+/// be tuned this way).
 ///
 /// Process-wide, hence opt-in: call it once at the start of a program, before it spawns
 /// threads (the `perturb` CLI, the examples and the benches do). Peak memory can be somewhat
