@@ -54,9 +54,10 @@ fn blocks() -> Vec<(usize, usize, usize, usize, usize)> {
 /// EfficientNet-Lite0 for inference, batch norms folded.
 #[derive(Debug, Clone)]
 pub struct EfficientNetLite0 {
-    /// The stem as a stride-1 convolution with fused ReLU6, subsampled by 2 afterwards: four
-    /// times the stem's few multiply-adds, but the constant-weight kernels forward and backward
-    /// instead of candle's strided conv2d, whose backward also computes a weight gradient.
+    /// The stride-2 3×3 stem as a stride-1 2×2 convolution over the space-to-depth input (each
+    /// 2×2 pixel block's 3 channels become 12; taps past the 3×3 kernel have zero weights), with
+    /// fused ReLU6: the constant-weight kernels forward and backward instead of candle's strided
+    /// conv2d (whose backward also computes a weight gradient), over the stride-2 outputs only.
     stem: Conv2d,
     blocks: Vec<MbConv>,
     head: Conv2d,
@@ -137,6 +138,48 @@ fn fold(t: &HashMap<String, Tensor>, conv: &str, bn: &str) -> Option<(Tensor, Te
     ))
 }
 
+/// The input of the stride-2 3×3 stem with TensorFlow's "same" padding, as the space-to-depth
+/// input of [`space_to_depth_kernel`]'s stride-1 2×2 kernel: padded to exactly `2·(oh + 1)` rows
+/// and `2·(ow + 1)` columns (the extra zeros meet only zero weights), pixel `(2r + a, 2c + b)`
+/// of channel `ch` becomes channel `4·ch + 2a + b` at `(r, c)`.
+fn space_to_depth_input(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let ((pt, pb), (pl, pr)) = (same_padding(h, 3, 2), same_padding(w, 3, 2));
+    let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+    let extra_h = (2 * oh + 2).saturating_sub(h + pt + pb);
+    let extra_w = (2 * ow + 2).saturating_sub(w + pl + pr);
+    x.pad_with_zeros(2, pt, pb + extra_h)?
+        .pad_with_zeros(3, pl, pr + extra_w)?
+        .reshape((n, c, oh + 1, 2, ow + 1, 2))?
+        .permute((0, 1, 3, 5, 2, 4))?
+        .contiguous()?
+        .reshape((n, 4 * c, oh + 1, ow + 1))
+}
+
+/// The stride-2 `[O, 3, 3, 3]` stem kernel as a stride-1 `[O, 12, 2, 2]` kernel over the
+/// space-to-depth input: `w'[o][4·c + 2a + b][p][q] = w[o][c][2p + a][2q + b]`, zero where
+/// `2p + a` or `2q + b` is 3 (past the kernel).
+fn space_to_depth_kernel(w: &Tensor) -> Option<Tensor> {
+    let (o, c, kh, kw) = w.dims4().ok()?;
+    if (kh, kw) != (3, 3) {
+        return None;
+    }
+    let src = w.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+    let mut out = vec![0f32; o * c * 4 * 4];
+    for oi in 0..o {
+        for ci in 0..c {
+            for (a, b, p, q) in (0..16).map(|t| (t >> 3, (t >> 2) & 1, (t >> 1) & 1, t & 1)) {
+                let (i, j) = (2 * p + a, 2 * q + b);
+                if i < 3 && j < 3 {
+                    let to = ((oi * c + ci) * 4 + 2 * a + b) * 4 + 2 * p + q;
+                    out[to] = src[((oi * c + ci) * 3 + i) * 3 + j];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (o, 4 * c, 2, 2), w.device()).ok()
+}
+
 impl EfficientNetLite0 {
     /// Parameter names and shapes (the batch-norm statistics included).
     pub fn params() -> Vec<ParamSpec> {
@@ -178,9 +221,13 @@ impl EfficientNetLite0 {
             Some(if relu6 { c.with_relu6() } else { c })
         };
         let (stem_w, stem_b) = fold(t, "_conv_stem", "_bn0")?;
-        let stem = Conv2d::new(stem_w, Some(stem_b), Conv2dConfig::default())
-            .ok()?
-            .with_relu6();
+        let stem = Conv2d::new(
+            space_to_depth_kernel(&stem_w)?,
+            Some(stem_b),
+            Conv2dConfig::default(),
+        )
+        .ok()?
+        .with_relu6();
         let mut blocks_out = Vec::new();
         for (b, (_, s, e, i, o)) in blocks().into_iter().enumerate() {
             let p = format!("_blocks.{b}");
@@ -231,30 +278,47 @@ impl Module for MbConv {
 
 impl Module for EfficientNetLite0 {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
         // pixels in [0, 1] → the network's [-1, 1]
         let x = x.affine(2.0, -1.0)?;
-        let (n, (pt, pb), (pl, pr)) = (x.dim(0)?, same_padding(h, 3, 2), same_padding(w, 3, 2));
-        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-        // stride 1 gives h + pt + pb − 2 rows; pad so that there are exactly 2·oh, then keep the
-        // even ones (the extra zero rows only feed odd, discarded outputs)
-        let extra_h = (2 * oh + 2).saturating_sub(h + pt + pb);
-        let extra_w = (2 * ow + 2).saturating_sub(w + pl + pr);
-        let x = x
-            .pad_with_zeros(2, pt, pb + extra_h)?
-            .pad_with_zeros(3, pl, pr + extra_w)?;
-        let full = self.stem.forward(&x)?;
-        let mut h = full
-            .narrow(2, 0, 2 * oh)?
-            .narrow(3, 0, 2 * ow)?
-            .reshape((n, STEM, oh, 2, ow, 2))?
-            .narrow(3, 0, 1)?
-            .narrow(5, 0, 1)?
-            .reshape((n, STEM, oh, ow))?;
+        let mut h = self.stem.forward(&space_to_depth_input(&x)?)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
         let h = self.head.forward(&h)?.mean((2, 3))?;
         self.fc.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The space-to-depth stem equals candle's stride-2 convolution on the "same"-padded input,
+    /// for even, odd and tiny sizes.
+    #[test]
+    fn space_to_depth_stem_equals_stride_2_convolution() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w: Vec<f32> = (0..5 * 27)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) / 9.0)
+            .collect();
+        let w = Tensor::from_vec(w, (5, 3, 3, 3), &dev)?;
+        let w2 = space_to_depth_kernel(&w).expect("3x3 kernel");
+        for (h, wd) in [(8, 8), (9, 11), (1, 2), (7, 4)] {
+            let x: Vec<f32> = (0..2 * 3 * h * wd)
+                .map(|i| ((i * 7919) % 23) as f32 / 23.0)
+                .collect();
+            let x = Tensor::from_vec(x, (2, 3, h, wd), &dev)?;
+            let ((pt, pb), (pl, pr)) = (same_padding(h, 3, 2), same_padding(wd, 3, 2));
+            let want = x
+                .pad_with_zeros(2, pt, pb)?
+                .pad_with_zeros(3, pl, pr)?
+                .conv2d(&w, 0, 2, 1, 1)?;
+            let got = space_to_depth_input(&x)?.conv2d(&w2, 0, 1, 1, 1)?;
+            assert_eq!(got.dims(), want.dims(), "{h}x{wd}");
+            let d = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{h}x{wd}: differs by {d}");
+        }
+        Ok(())
     }
 }
