@@ -1,5 +1,6 @@
-"""PGD-10 on the shipped MNIST CNNs, PyTorch + torchattacks against perturb, in alternating rounds
-on the same machine and thread count (issue 6, acceptance 3).
+"""PGD-10 on the shipped models, PyTorch + torchattacks against perturb, in alternating rounds on
+the same machine and thread count (issue 6, acceptance 3: the MNIST CNNs; EfficientNet-Lite0 with
+MODELS=efficientnet-lite0 BATCHES=8,32, batches that examples/device_bench times).
 
 A shared machine's speed drifts by 10-20 % over minutes, so one figure per side measured minutes
 apart compares the machine with itself as much as the two libraries. Here each round times
@@ -30,8 +31,8 @@ MODELS = os.environ.get("MODELS", "mnist-cnn,mnist-cnn-robust").split(",")
 BENCH = os.path.join(peer.ROOT, "target", "release", "examples", "device_bench")
 
 
-def torch_pgd10_ms(model, x, y):
-    pgd = torchattacks.PGD(model, eps=0.1, alpha=2.5 * 0.1 / 10, steps=10, random_start=True)
+def torch_pgd10_ms(model, x, y, eps):
+    pgd = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)
     return peer.median_ms(lambda: pgd(x, y))
 
 
@@ -50,8 +51,10 @@ def main():
     peer.torch.set_num_threads(peer.THREADS)
     peer.torch.manual_seed(0)
     peer.REPS = REPS
-    models = {name: peer.load_cnn(name) for name in MODELS}
-    data = {n: peer.mnist_test(n) for n in BATCHES}
+    models = {name: peer.load_efficientnet() if name.startswith("efficientnet") else peer.load_cnn(name)
+              for name in MODELS}
+    data = {(name, n): peer.photo_batch(models[name], n) if name.startswith("efficientnet")
+            else peer.mnist_test(n) for name in MODELS for n in BATCHES}
     rounds = []
     for r in range(ROUNDS):
         for name in MODELS:
@@ -59,7 +62,8 @@ def main():
             for n in BATCHES:
                 if n not in ours:
                     continue
-                theirs = torch_pgd10_ms(models[name], *data[n])
+                eps = 2 / 255 if name.startswith("efficientnet") else 0.1
+                theirs = torch_pgd10_ms(models[name], *data[(name, n)], eps)
                 row = {"round": r, "model": name, "batch": n, "torch_pgd10_ms": theirs,
                        "perturb_pgd10_ms": ours[n], "speedup": theirs / ours[n]}
                 print(json.dumps(row), file=sys.stderr)

@@ -101,6 +101,38 @@ def bench(name, model, x, y, eps):
     return row
 
 
+def load_efficientnet():
+    """EfficientNet-Lite0 with the shipped weights, behind perturb's wrapper (pixels in [0, 1])."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = load_file(os.path.join(ROOT, "models", "efficientnet-lite0.safetensors"))
+    net.load_state_dict(state, strict=False)  # the num_batches_tracked counters are not shipped
+    net.eval()
+
+    class Pixels(nn.Module):  # perturb's wrapper: pixels in [0, 1] → [-1, 1]
+        def forward(self, x):
+            return net(x * 2 - 1)
+
+    return Pixels().eval()
+
+
+def photo_batch(model, n):
+    """The five sample photos (224 × 224 centre crops) repeated to n, labelled by the model."""
+    from PIL import Image
+
+    photos = []
+    for p in ["chelsea", "coffee", "rocket", "astronaut", "motorcycle_left"]:
+        img = np.asarray(Image.open(os.path.join(ROOT, "assets", "images", f"{p}.png")).convert("RGB"))
+        h, w, _ = img.shape
+        t, l = (h - 224) // 2, (w - 224) // 2
+        photos.append(torch.from_numpy(img[t:t + 224, l:l + 224].astype(np.float32) / 255).permute(2, 0, 1))
+    x = torch.stack([photos[i % 5] for i in range(n)])
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x, y
+
+
 def main():
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -111,29 +143,9 @@ def main():
             x, y = mnist_test(n)
             rows.append(bench(name, model, x, y, 0.1))
     if os.environ.get("EFFICIENTNET", "1") == "1":
-        from efficientnet_lite_pytorch import EfficientNet
-        from PIL import Image
-
-        net = EfficientNet.from_name("efficientnet-lite0")
-        state = load_file(os.path.join(ROOT, "models", "efficientnet-lite0.safetensors"))
-        net.load_state_dict(state, strict=False)  # the num_batches_tracked counters are not shipped
-        net.eval()
-
-        class Pixels(nn.Module):  # perturb's wrapper: pixels in [0, 1] → [-1, 1]
-            def forward(self, x):
-                return net(x * 2 - 1)
-
-        model = Pixels().eval()
-        photos = []
-        for p in ["chelsea", "coffee", "rocket", "astronaut", "motorcycle_left"]:
-            img = np.asarray(Image.open(os.path.join(ROOT, "assets", "images", f"{p}.png")).convert("RGB"))
-            h, w, _ = img.shape
-            t, l = (h - 224) // 2, (w - 224) // 2
-            photos.append(torch.from_numpy(img[t:t + 224, l:l + 224].astype(np.float32) / 255).permute(2, 0, 1))
+        model = load_efficientnet()
         for n in [1, 8]:
-            x = torch.stack([photos[i % 5] for i in range(n)])
-            with torch.no_grad():
-                y = model(x).argmax(1)
+            x, y = photo_batch(model, n)
             rows.append(bench("efficientnet-lite0", model, x, y, 2 / 255))
     json.dump(rows, sys.stdout, indent=1)
     print()
