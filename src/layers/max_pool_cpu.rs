@@ -284,6 +284,17 @@ fn backward_plane(
 /// window's four pixels in registers. Windows do not overlap, so each pixel's gradient is
 /// written once, not summed; a last row or column that no window covers (odd size) gets zero.
 fn backward_2x2(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && plane.len() == dplane.len() {
+        // SAFETY: the CPU has AVX-512F; the plane and its gradient have the same size.
+        unsafe { avx512::backward_2x2(plane, g, dplane, w, wo) };
+        return;
+    }
+    backward_2x2_portable(plane, g, dplane, w, wo);
+}
+
+/// [`backward_2x2`] one window at a time.
+fn backward_2x2_portable(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usize) {
     let covered = 2 * (g.len() / wo.max(1)) * w;
     for (i, grow) in g.chunks_exact(wo).enumerate() {
         let (r0, r1) = plane[2 * i * w..][..2 * w].split_at(w);
@@ -304,6 +315,90 @@ fn backward_2x2(plane: &[f32], g: &[f32], dplane: &mut [f32], w: usize, wo: usiz
         d1[2 * wo..].fill(0.0);
     }
     dplane[covered..].fill(0.0);
+}
+
+/// The 2×2 backward with AVX-512: 16 windows of a row at a time (masked at the row's end), the
+/// two input rows de-interleaved into the windows' four pixels, no branches. The same maximum,
+/// tie count and IEEE division as the portable loop, so the same bits for finite inputs.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The low `n` bits set (`n ≤ 16`).
+    fn low(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; `plane` and `dplane` hold the same number of floats, at least
+    /// `2·(g.len() / wo)` rows of `w ≥ 2·wo`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward_2x2(
+        plane: &[f32],
+        g: &[f32],
+        dplane: &mut [f32],
+        w: usize,
+        wo: usize,
+    ) {
+        let rows = g.len() / wo.max(1);
+        assert!(wo > 0 && 2 * wo <= w && 2 * rows * w <= plane.len().min(dplane.len()));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let one = _mm512_set1_ps(1.0);
+        for i in 0..rows {
+            // SAFETY (all loads and stores): rows 2i and 2i + 1 lie inside both planes (asserted
+            // above); a chunk touches floats 2j .. 2(j + l) ≤ 2·wo ≤ w of them and windows
+            // j .. j + l ≤ wo of the gradient row, and masked-off lanes touch no memory.
+            let (r0, d0) = (
+                plane.as_ptr().add(2 * i * w),
+                dplane.as_mut_ptr().add(2 * i * w),
+            );
+            let (r1, d1) = (r0.add(w), d0.add(w));
+            let grow = g.as_ptr().add(i * wo);
+            let mut j = 0;
+            while j < wo {
+                let l = (wo - j).min(16);
+                let (m_lo, m_hi) = (low((2 * l).min(16)), low((2 * l).saturating_sub(16)));
+                let split = |r: *const f32| {
+                    let x_lo = _mm512_maskz_loadu_ps(m_lo, r.add(2 * j));
+                    let x_hi = _mm512_maskz_loadu_ps(m_hi, r.add(2 * j + 16));
+                    (
+                        _mm512_permutex2var_ps(x_lo, even, x_hi),
+                        _mm512_permutex2var_ps(x_lo, odd, x_hi),
+                    )
+                };
+                let ((a, b), (c, d)) = (split(r0), split(r1));
+                let m = _mm512_max_ps(_mm512_max_ps(_mm512_max_ps(a, b), c), d);
+                let ka = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, m);
+                let kb = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(b, m);
+                let kc = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(c, m);
+                let kd = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(d, m);
+                let ties = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_maskz_mov_ps(ka, one), _mm512_maskz_mov_ps(kb, one)),
+                    _mm512_add_ps(_mm512_maskz_mov_ps(kc, one), _mm512_maskz_mov_ps(kd, one)),
+                );
+                let gv = _mm512_maskz_loadu_ps(low(l), grow.add(j));
+                let share = _mm512_div_ps(gv, _mm512_max_ps(ties, one));
+                let pick = |k| _mm512_maskz_mov_ps(k, share);
+                for (dst, (p, q)) in [(d0, (pick(ka), pick(kb))), (d1, (pick(kc), pick(kd)))] {
+                    _mm512_mask_storeu_ps(dst.add(2 * j), m_lo, _mm512_permutex2var_ps(p, lo, q));
+                    _mm512_mask_storeu_ps(
+                        dst.add(2 * j + 16),
+                        m_hi,
+                        _mm512_permutex2var_ps(p, hi, q),
+                    );
+                }
+                j += l;
+            }
+            for x in 2 * wo..w {
+                *d0.add(x) = 0.0;
+                *d1.add(x) = 0.0;
+            }
+        }
+        dplane[2 * rows * w..].fill(0.0);
+    }
 }
 
 #[cfg(test)]
@@ -330,5 +425,43 @@ mod tests {
             assert!(want.iter().filter(|v| **v != 0.0).count() >= c * ho * wo / 2);
         }
         Ok(())
+    }
+
+    /// The dispatched 2×2 backward (AVX-512 where the CPU has it) equals the portable loop bit
+    /// for bit, for row lengths around the 16-window chunks, odd sizes and many ties.
+    #[test]
+    fn backward_2x2_paths_agree_bit_for_bit() {
+        let mut tied = 0;
+        for (h, w) in [
+            (2, 2),
+            (5, 7),
+            (24, 24),
+            (8, 8),
+            (6, 33),
+            (4, 34),
+            (3, 65),
+            (26, 26),
+        ] {
+            let (ho, wo) = (h / 2, w / 2);
+            let x: Vec<f32> = (0..h * w)
+                .map(|i| ((i * 7919) % 5) as f32 / 4.0 - 0.25)
+                .collect();
+            let g: Vec<f32> = (0..ho * wo).map(|i| 0.3 + i as f32 / 7.0).collect();
+            let (mut fast, mut portable) = (vec![f32::NAN; h * w], vec![f32::NAN; h * w]);
+            backward_2x2(&x, &g, &mut fast, w, wo);
+            backward_2x2_portable(&x, &g, &mut portable, w, wo);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&portable), "{h}x{w}");
+            // windows whose maximum appears more than once: the tie split is exercised
+            tied += (0..ho * wo)
+                .filter(|&k| {
+                    let at = |a: usize, b: usize| x[(2 * (k / wo) + a) * w + 2 * (k % wo) + b];
+                    let v = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    v.iter().filter(|&&u| u == m).count() > 1
+                })
+                .count();
+        }
+        assert!(tied > 20, "only {tied} tied windows");
     }
 }
