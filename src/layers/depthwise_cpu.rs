@@ -444,10 +444,7 @@ unsafe fn correlate_avx512(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
         _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps,
     };
     let n = dst.len();
-    assert!(
-        taps.iter().all(|(_, src)| src.len() >= n),
-        "depthwise conv2d: a tap's source is shorter than its output"
-    );
+    assert_sources_cover(n, taps);
     let mut at = 0;
     // SAFETY (all loads and stores): `at + 64 ≤ n` (or `at + 16 ≤ n`) and every source holds
     // at least `n` floats, checked above.
@@ -476,6 +473,14 @@ unsafe fn correlate_avx512(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
     correlate_portable(&mut dst[at..], init, &shifted_taps(taps, at));
 }
 
+/// Every tap's source holds at least the `n` floats a pass reads (the kernels index unchecked).
+fn assert_sources_cover(n: usize, taps: &[(f32, &[f32])]) {
+    assert!(
+        taps.iter().all(|(_, src)| src.len() >= n),
+        "depthwise conv2d: a tap's source is shorter than its output"
+    );
+}
+
 /// The taps with each source advanced by `at` floats.
 fn shifted_taps<'a>(taps: &[(f32, &'a [f32])], at: usize) -> Vec<(f32, &'a [f32])> {
     taps.iter().map(|&(w, src)| (w, &src[at..])).collect()
@@ -496,10 +501,7 @@ fn correlate_portable(dst: &mut [f32], init: f32, taps: &[(f32, &[f32])]) {
         dst[at..at + B].copy_from_slice(&acc);
     }
     let n = dst.len();
-    assert!(
-        taps.iter().all(|(_, src)| src.len() >= n),
-        "depthwise conv2d: a tap's source is shorter than its output"
-    );
+    assert_sources_cover(n, taps);
     let mut at = 0;
     while at + 64 <= n {
         block::<64>(dst, at, init, taps);
