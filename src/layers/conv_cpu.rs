@@ -701,11 +701,7 @@ impl CustomOp2 for InputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("const conv2d grad: gradient and output shapes differ")
-        }
-        let g = super::f32_slice(s1, l1, "const conv2d grad")?;
-        let r = super::f32_slice(s2, l2, "const conv2d grad")?;
+        let (g, r) = super::grad_and_output((s1, l1), (s2, l2), "const conv2d grad")?;
         self.conv.input_grad(g, r, l1.shape(), (self.h, self.w))
     }
 }

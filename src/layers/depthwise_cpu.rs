@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Resul
 use rayon::prelude::*;
 
 use super::conv_cpu::Act;
-use super::{activate, f32_slice, is_constant_cpu_f32};
+use super::{activate, f32_slice, grad_and_output, is_constant_cpu_f32};
 
 /// TensorFlow's "same" padding of one spatial dimension: the output has `ceil(size / stride)`
 /// positions and the padding `(before, after)` is split with the extra pixel after.
@@ -368,7 +368,7 @@ impl Phases {
         let (s, pl_len, wq) = (self.s, self.phase_len(), self.wq);
         // The masked gradient in the phase layout, zero in the extra columns, with zeros before
         // (the largest tap offset) and after (up to a whole phase plane) for the gathers.
-        let margin = ((self.k - 1) / s) * wq + (self.k - 1) / s;
+        let (_, margin) = self.tap(self.k - 1, self.k - 1);
         let ext_len = margin + pl_len;
         scratch.resize(ext_len + s * s * pl_len, 0.0);
         let (ext, phases) = scratch.split_at_mut(ext_len);
@@ -574,11 +574,7 @@ impl CustomOp2 for InputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("depthwise conv2d grad: gradient and output shapes differ")
-        }
-        let g = f32_slice(s1, l1, "depthwise conv2d grad")?;
-        let r = f32_slice(s2, l2, "depthwise conv2d grad")?;
+        let (g, r) = grad_and_output((s1, l1), (s2, l2), "depthwise conv2d grad")?;
         let kn = &self.kernel;
         let (n, c, oh, ow) = l1.shape().dims4()?;
         let (h, w) = (self.h, self.w);

@@ -182,11 +182,7 @@ impl CustomOp2 for LinearInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("const linear grad: gradient and output shapes differ")
-        }
-        let g = super::f32_slice(s1, l1, self.name())?;
-        let y = super::f32_slice(s2, l2, self.name())?;
+        let (g, y) = super::grad_and_output((s1, l1), (s2, l2), "const linear grad")?;
         let gx = self.0.input_grad(g, y)?;
         let n = l1.shape().dims().first().copied().unwrap_or(0);
         Ok((CpuStorage::F32(gx), Shape::from((n, self.0.inp))))

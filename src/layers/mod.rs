@@ -49,6 +49,19 @@ fn f32_slice<'a>(
     }
 }
 
+/// The upstream gradient and the layer's output given to an input-gradient op, as `f32` data of
+/// the same shape, or an error naming the op.
+fn grad_and_output<'a>(
+    (s1, l1): (&'a candle_core::CpuStorage, &candle_core::Layout),
+    (s2, l2): (&'a candle_core::CpuStorage, &candle_core::Layout),
+    op: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("{op}: gradient and output shapes differ")
+    }
+    Ok((f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?))
+}
+
 /// 2-D max pooling of an `[N, C, H, W]` tensor, no padding, floor mode (as PyTorch's
 /// `nn.MaxPool2d(kernel, stride)`), with a correct gradient.
 ///
