@@ -26,6 +26,15 @@ fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The stock layer's output, then ReLU if the fast layer under test has one fused.
+fn relu_if(relu: bool, y: Tensor) -> candle_core::Result<Tensor> {
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
 /// The gradients with respect to `x` of the fast and the stock outputs under the same
 /// non-uniform upstream gradient (the outputs weighted by random factors, then summed).
 fn input_grads(rng: &mut StdRng, x: &Var, yf: &Tensor, ys: &Tensor) -> (Tensor, Tensor) {
@@ -85,14 +94,7 @@ fn random_layers_match_candle_nn_in_value_and_input_gradient() {
             }
             assert!(fast.is_fast());
             let stock = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config);
-            let stock = |x: &Tensor| {
-                let y = stock.forward(x)?;
-                if relu {
-                    y.relu()
-                } else {
-                    Ok(y)
-                }
-            };
+            let stock = |x: &Tensor| relu_if(relu, stock.forward(x)?);
             let (yf, ys) = (fast.forward(&x).unwrap(), stock(&x).unwrap());
             assert_eq!(yf.dims(), ys.dims());
             assert!(max_abs_diff(&yf, &ys) <= 1e-5 * max_abs(&ys).max(1.0));
@@ -138,14 +140,7 @@ fn random_linear_layers_match_candle_nn_in_value_and_input_gradient() {
             }
             assert!(fast.is_fast());
             let stock = candle_nn::Linear::new(weight.clone(), Some(bias.clone()));
-            let stock = |x: &Tensor| {
-                let y = stock.forward(&x.flatten_from(1)?)?;
-                if relu {
-                    y.relu()
-                } else {
-                    Ok(y)
-                }
-            };
+            let stock = |x: &Tensor| relu_if(relu, stock.forward(&x.flatten_from(1)?)?);
             let (yf, ys) = (fast.forward(&x).unwrap(), stock(&x).unwrap());
             assert_eq!(yf.dims(), ys.dims());
             let case = (n, dims, out, relu);
