@@ -2,10 +2,11 @@
 //! stopping at ε = 0.3 and one patch-training step.
 //!
 //! The figure to watch is attack time / (steps × one forward+backward): `loss_and_grad` is that
-//! unit. Inputs are the first MNIST test digits with their true labels, so early stopping sees a
-//! real success rate. `mnist-cnn/stock` is the same CNN with its weights as candle variables,
-//! i.e. candle's own autograd (weight gradients, `conv_transpose2d`), for comparison with the
-//! constant-weight fast layers the zoo uses.
+//! unit, and `pgd10_perturb` the attack's ten steps alone (`Attack::perturb`); `pgd10` adds the
+//! forward pass that judges the result (`Attack::run`). Inputs are the first MNIST test digits
+//! with their true labels, so early stopping sees a real success rate. `mnist-cnn/stock` is the
+//! same CNN with its weights as candle variables, i.e. candle's own autograd (weight gradients,
+//! `conv_transpose2d`), for comparison with the constant-weight fast layers the zoo uses.
 //!
 //! Threads follow RAYON_NUM_THREADS; state it with the numbers, e.g.
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attacks`, or one group:
@@ -82,9 +83,13 @@ fn benches(c: &mut Criterion) {
                 g.finish();
                 continue;
             }
+            // next to the unit it is divided by: PGD-10's ten steps alone (`perturb`)
+            g.bench_function("pgd10_perturb", |b| {
+                b.iter(|| pgd10.perturb(model, &x, &goal).expect("pgd"))
+            });
             let attacks: [(&str, &dyn Attack); 4] = [
-                ("fgsm", &fgsm),
                 ("pgd10", &pgd10),
+                ("fgsm", &fgsm),
                 ("pgd40", &pgd40),
                 ("pgd40_early_stop", &pgd40_es),
             ];
@@ -131,9 +136,9 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    // EfficientNet-Lite0 (224×224 photos) at batch 1, 32 and 128: forward, gradient and PGD-10
-    // (about 1.4 s, 4 s and 45 s at batch 128 on two cores). Flat sampling: criterion's minimum
-    // of 10 samples, one run each, after one warm-up run.
+    // EfficientNet-Lite0 (224×224 photos) at batch 1, 32 and 128: forward, gradient and PGD-10,
+    // steps alone and judged (about 1.4 s, 4 s and 36 s at batch 128 on two cores). Flat
+    // sampling: criterion's minimum of 10 samples, one run each, after one warm-up run.
     let photos: Vec<Tensor> = SAMPLE_PHOTOS
         .iter()
         .map(|p| load_photo(sample_photo(p), 224, Fit::ResizeCrop, &dev).expect("photo"))
@@ -156,6 +161,9 @@ fn benches(c: &mut Criterion) {
         g.bench_function("forward", |b| b.iter(|| net.forward(&x).expect("forward")));
         g.bench_function("loss_and_grad", |b| {
             b.iter(|| loss_and_grad(&net, &x, &goal, Loss::CrossEntropy).expect("grad"))
+        });
+        g.bench_function("pgd10_perturb", |b| {
+            b.iter(|| pgd10_photo.perturb(&net, &x, &goal).expect("pgd"))
         });
         g.bench_function("pgd10", |b| {
             b.iter(|| pgd10_photo.run(&net, &x, &goal).expect("pgd"))

@@ -143,7 +143,7 @@ pub fn train(
                         .collect();
                     let frozen = arch.build(&frozen, std::path::Path::new("<training>"))?;
                     let seed = batch_seed(cfg.seed, epoch, b);
-                    make(seed).run(&frozen, &x, &Goal::untargeted(&y))?.x_adv
+                    make(seed).perturb(&frozen, &x, &Goal::untargeted(&y))?
                 }
                 None => x,
             };

@@ -284,6 +284,118 @@ mod restarts {
     }
 }
 
+mod perturb_only {
+    use super::*;
+    use candle_core::Module;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// `model` that counts the samples it is called on (forward passes, with or without a
+    /// backward after them).
+    struct Counting<'a> {
+        model: &'a LinearModel,
+        samples: AtomicUsize,
+    }
+
+    impl Module for Counting<'_> {
+        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+            self.samples.fetch_add(x.dim(0)?, Ordering::Relaxed);
+            self.model.forward(x)
+        }
+    }
+
+    fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+        let (a, b) = (host(a), host(b));
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// `perturb` returns `run`'s adversarials bit for bit, for every configuration of PGD and
+    /// FGSM, and skips exactly the judging forward pass (one per sample) where the verdict only
+    /// reports: FGSM and single-run PGD. With restarts every run is judged to pick the best.
+    #[test]
+    fn equals_run_and_skips_only_the_verdict() -> perturb::Result<()> {
+        let (k, d, n) = (4, 16, 10);
+        let linear = LinearModel::random(7, k, d);
+        let mut rng = StdRng::seed_from_u64(8);
+        let x = Tensor::from_vec(pixels(&mut rng, n * d), (n, 1, 4, 4), &Device::Cpu)?;
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % k as u32).collect();
+        let targets: Vec<u32> = labels.iter().map(|&c| (c + 1) % k as u32).collect();
+        let untargeted = Goal::untargeted(&Tensor::new(labels.as_slice(), &Device::Cpu)?);
+        let targeted = Goal::targeted(&Tensor::new(targets.as_slice(), &Device::Cpu)?);
+        // (label, attack, forward samples `perturb` saves: None for none, Some(early_stop) for
+        // the verdict on every attacked sample)
+        let mut attacks: Vec<(String, Box<dyn Attack>, Option<bool>)> = Vec::new();
+        for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+            let eps = match norm {
+                Norm::Linf => 0.05,
+                Norm::L2 => 0.5,
+                Norm::L1 => 2.0,
+            };
+            let budget = Budget::new(norm, eps)?;
+            let fgsm = Fgsm::new(budget).check_gradient(false);
+            attacks.push((format!("fgsm {norm}"), Box::new(fgsm), Some(false)));
+            for (random_start, early_stop, restarts) in [
+                (true, false, 1),
+                (false, false, 1),
+                (true, true, 1),
+                (false, true, 1),
+                (true, false, 3),
+                (true, true, 3),
+            ] {
+                let pgd = Pgd::new(budget)
+                    .steps(4)
+                    .random_start(random_start)
+                    .early_stop(early_stop)
+                    .restarts(restarts)
+                    .seed(3)
+                    .check_gradient(false);
+                let label =
+                    format!("pgd {norm} start {random_start} stop {early_stop} x{restarts}");
+                // with restarts every run is judged to pick the best
+                let saved = (restarts == 1).then_some(early_stop);
+                attacks.push((label, Box::new(pgd), saved));
+            }
+        }
+        for goal in [&untargeted, &targeted] {
+            let clean: Vec<u32> = {
+                let logits = linear.forward(&x)?;
+                logits.argmax(1)?.to_vec1::<u32>()?
+            };
+            for (label, attack, saved) in &attacks {
+                let counting = |m| Counting {
+                    model: m,
+                    samples: AtomicUsize::new(0),
+                };
+                let (judged_model, bare_model) = (counting(&linear), counting(&linear));
+                let judged = attack.run(&judged_model, &x, goal)?;
+                let bare = attack.perturb(&bare_model, &x, goal)?;
+                assert!(same_bits(&judged.x_adv, &bare), "{label}: x_adv differs");
+                // the samples attacked at all: early stopping leaves the clean successes out
+                let fooled_clean = (0..n)
+                    .filter(|&i| match goal {
+                        Goal::Untargeted { .. } => clean[i] != labels[i],
+                        Goal::Targeted { .. } => clean[i] == targets[i],
+                    })
+                    .count();
+                let saved = match saved {
+                    None => 0,
+                    Some(false) => n,
+                    Some(true) => n - fooled_clean,
+                };
+                let (a, b) = (
+                    judged_model.samples.load(Ordering::Relaxed),
+                    bare_model.samples.load(Ordering::Relaxed),
+                );
+                assert_eq!(
+                    a - b,
+                    saved,
+                    "{label}: {a} forward samples judged, {b} bare"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Attacks, budgets, losses and results can cross threads (Rust API guidelines).
 #[test]
 fn attack_types_are_send_and_sync() {

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use super::{finish, prepare, Adversarial, Attack, DEFAULT_L1_SPARSITY};
 use crate::budget::{check_sparsity, Budget};
 use crate::error::Result;
-use crate::goal::Goal;
+use crate::goal::{Goal, Resolved};
 use crate::loss::Loss;
 use crate::model::{loss_and_grad_resolved, Classifier};
 
@@ -71,8 +71,14 @@ impl Fgsm {
     }
 }
 
-impl Attack for Fgsm {
-    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
+impl Fgsm {
+    /// The one step, with the checked goal it was taken for.
+    fn attack(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        goal: &Goal,
+    ) -> Result<(Tensor, Resolved)> {
         let budget = &self.budget;
         check_sparsity(self.l1_sparsity)?;
         let prep = prepare(
@@ -86,7 +92,19 @@ impl Attack for Fgsm {
         )?;
         let lg = loss_and_grad_resolved(model, x, &prep.goal, self.loss)?;
         let x_adv = budget.step(x, &lg.grad, x, budget.eps(), self.l1_sparsity)?;
-        finish(model, budget, x, x_adv, None, &prep.goal, x.dim(0)?)
+        Ok((x_adv, prep.goal))
+    }
+}
+
+impl Attack for Fgsm {
+    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
+        let (x_adv, goal) = self.attack(model, x, goal)?;
+        finish(model, &self.budget, x, x_adv, None, &goal, x.dim(0)?)
+    }
+
+    /// The step alone: one gradient, no forward pass to judge it.
+    fn perturb(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Tensor> {
+        Ok(self.attack(model, x, goal)?.0)
     }
 
     fn name(&self) -> &'static str {

@@ -47,6 +47,31 @@ pub trait Attack: Send + Sync {
     /// a gradient that fails the self-check (when enabled), or a candle failure.
     fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial>;
 
+    /// The adversarial batch alone: [`run`](Attack::run)'s `x_adv`, bit for bit, without the
+    /// verdict. Attacks that judge their end point only to report it (FGSM, PGD with one restart)
+    /// skip that forward pass here, so use this where the verdict is not needed: adversarial
+    /// training, writing an adversarial data set, or timing the attack itself.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use perturb::{Attack, Budget, Goal, Pgd};
+    /// let model = |x: &Tensor| x.flatten_from(1);
+    /// let x = Tensor::new(&[[[[0.2f32, 0.6]]]], &Device::Cpu)?;
+    /// let goal = Goal::untargeted(&Tensor::new(&[1u32], &Device::Cpu)?);
+    /// let pgd = Pgd::new(Budget::linf(0.3)?).steps(5).seed(1);
+    /// let x_adv = pgd.perturb(&model, &x, &goal)?;
+    /// let judged = pgd.run(&model, &x, &goal)?;
+    /// let (a, b) = (x_adv.flatten_all()?.to_vec1::<f32>()?, judged.x_adv.flatten_all()?.to_vec1::<f32>()?);
+    /// assert_eq!(a, b);
+    /// # Ok::<(), perturb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`run`](Attack::run).
+    fn perturb(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Tensor> {
+        Ok(self.run(model, x, goal)?.x_adv)
+    }
+
     /// The attack's short name (`fgsm`, `pgd`, …).
     fn name(&self) -> &'static str;
 

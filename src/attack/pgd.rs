@@ -156,7 +156,9 @@ impl Pgd {
         self.loss.check()
     }
 
-    /// One run from a (random) start on the samples `rows` of `x`.
+    /// One run from a (random) start on the samples `rows` of `x`; with `judge`, the model's
+    /// verdict on the run's end point (one forward pass).
+    #[allow(clippy::too_many_arguments)]
     fn single_run(
         &self,
         model: &dyn Classifier,
@@ -165,6 +167,7 @@ impl Pgd {
         rows: &[u32],
         rng: &mut StdRng,
         evals: &mut usize,
+        judge: bool,
     ) -> Result<RunResult> {
         let (x0, goal) = select_rows(x, goal, rows)?;
         let m = rows.len();
@@ -203,33 +206,38 @@ impl Pgd {
             cur = scatter_rows(&cur, &targets, &take_rows(&moved, &keep)?)?;
             active = targets;
         }
-        let logits = checked_logits(model, &cur)?;
-        let preds = predictions(&logits)?;
-        let loss = self
-            .loss
-            .objective(&logits, &goal.tensor, goal.targeted)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        let success = (0..m).map(|i| goal.reached(i, preds[i])).collect();
+        let verdict = if judge {
+            let logits = checked_logits(model, &cur)?;
+            let preds = predictions(&logits)?;
+            let loss = self
+                .loss
+                .objective(&logits, &goal.tensor, goal.targeted)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            let success = (0..m).map(|i| goal.reached(i, preds[i])).collect();
+            Some(Verdict {
+                logits,
+                success,
+                loss,
+            })
+        } else {
+            None
+        };
         Ok(RunResult {
             x_adv: cur,
-            logits,
-            success,
-            loss,
+            verdict,
         })
     }
-}
 
-struct RunResult {
-    x_adv: Tensor,
-    /// The model's logits on `x_adv`.
-    logits: Tensor,
-    success: Vec<bool>,
-    loss: Vec<f32>,
-}
-
-impl Attack for Pgd {
-    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
+    /// The restarts: the best adversarial batch, with its logits when `judge` (or when more
+    /// than one run must be compared, which needs every run's verdict anyway).
+    fn attack(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        goal: &Goal,
+        judge: bool,
+    ) -> Result<Outcome> {
         self.check()?;
         // Only early stopping needs the clean predictions: without it every sample is attacked.
         let prep = prepare(
@@ -241,6 +249,7 @@ impl Attack for Pgd {
             self.check_gradient,
             self.early_stop,
         )?;
+        let judge = judge || self.restarts > 1;
         let n = x.dim(0)?;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut best_x = x.clone();
@@ -262,34 +271,81 @@ impl Attack for Pgd {
             if rows.is_empty() {
                 break;
             }
-            let run = self.single_run(model, x, &prep.goal, &rows, &mut rng, &mut evals)?;
+            let run = self.single_run(model, x, &prep.goal, &rows, &mut rng, &mut evals, judge)?;
+            let Some(verdict) = run.verdict else {
+                // a single unjudged run: its end points are the result
+                best_x = scatter_rows(&best_x, &rows, &run.x_adv)?;
+                best_logits = None;
+                continue;
+            };
             let mut taken = Vec::new();
             for (j, &i) in rows.iter().enumerate() {
                 let i = i as usize;
-                if restart == 0 || run.success[j] || run.loss[j] > best_loss[i] {
-                    best_success[i] = run.success[j];
-                    best_loss[i] = run.loss[j];
+                if restart == 0 || verdict.success[j] || verdict.loss[j] > best_loss[i] {
+                    best_success[i] = verdict.success[j];
+                    best_loss[i] = verdict.loss[j];
                     taken.push(j as u32);
                 }
             }
             let targets: Vec<u32> = taken.iter().map(|&j| rows[j as usize]).collect();
             best_x = scatter_rows(&best_x, &targets, &take_rows(&run.x_adv, &taken)?)?;
-            let new_logits = take_rows(&run.logits, &taken)?;
+            let new_logits = take_rows(&verdict.logits, &taken)?;
             let base = match best_logits {
                 Some(b) => b,
                 None => Tensor::zeros((n, new_logits.dim(1)?), new_logits.dtype(), x.device())?,
             };
             best_logits = Some(scatter_rows(&base, &targets, &new_logits)?);
         }
+        Ok(Outcome {
+            x_adv: best_x,
+            logits: best_logits,
+            goal: prep.goal,
+            evals,
+        })
+    }
+}
+
+/// The end of one run and, when judged, the model's verdict on it.
+struct RunResult {
+    x_adv: Tensor,
+    verdict: Option<Verdict>,
+}
+
+struct Verdict {
+    /// The model's logits on the run's `x_adv`.
+    logits: Tensor,
+    success: Vec<bool>,
+    loss: Vec<f32>,
+}
+
+/// The best adversarial batch over the restarts.
+struct Outcome {
+    x_adv: Tensor,
+    /// The model's logits on `x_adv`, when every row has them.
+    logits: Option<Tensor>,
+    goal: Resolved,
+    evals: usize,
+}
+
+impl Attack for Pgd {
+    fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
+        let out = self.attack(model, x, goal, true)?;
         finish(
             model,
             &self.budget,
             x,
-            best_x,
-            best_logits,
-            &prep.goal,
-            evals,
+            out.x_adv,
+            out.logits,
+            &out.goal,
+            out.evals,
         )
+    }
+
+    /// With one restart, the run's end points without the forward pass that judges them
+    /// (`steps` gradients instead of `steps` gradients and a forward); with more, every run is
+    /// judged to pick the best, as in [`run`](Attack::run).
+    fn perturb(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Tensor> {
+        Ok(self.attack(model, x, goal, false)?.x_adv)
     }
 
     fn name(&self) -> &'static str {
