@@ -1,6 +1,8 @@
 //! What an attack is asked to achieve: leave the true class (untargeted) or reach a chosen class
 //! (targeted).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -71,50 +73,82 @@ impl Goal {
         }
     }
 
-    /// Check the goal against a batch of `batch` samples and a model with `classes` classes, and
-    /// bring its classes to the host and to `device` as `u32`.
-    pub(crate) fn resolve(
-        &self,
-        batch: usize,
-        classes: usize,
-        device: &Device,
-    ) -> Result<Resolved> {
+    /// Check the goal's shapes and dtypes against a batch of `batch` samples and bring its
+    /// classes to the host and to `device` as `u32`. Whether the classes exist depends on the
+    /// model: [`Resolved::check_classes`] tests them against its first logits, so that no
+    /// forward pass is spent only to learn the class count.
+    pub(crate) fn resolve(&self, batch: usize, device: &Device) -> Result<Resolved> {
         let (what, class_tensor) = match self {
             Goal::Untargeted { labels } => ("labels", labels),
             Goal::Targeted { targets, .. } => ("targets", targets),
         };
-        let host = class_indices(what, class_tensor, batch, classes)?;
+        let given = class_indices(what, class_tensor, batch)?;
+        let mut given = vec![(what, given)];
         if let Goal::Targeted {
             labels: Some(labels),
             ..
         } = self
         {
-            let labels = class_indices("labels", labels, batch, classes)?;
-            if let Some(index) = (0..batch).find(|&i| labels[i] == host[i]) {
-                return Err(Error::TargetEqualsLabel {
-                    index,
-                    class: host[index],
-                });
-            }
+            given.push(("labels", class_indices("labels", labels, batch)?));
         }
+        // out-of-range values are refused by `check_classes` before any use of these
+        let host: Vec<u32> = given[0]
+            .1
+            .iter()
+            .map(|&c| u32::try_from(c).unwrap_or(u32::MAX))
+            .collect();
         let tensor = Tensor::from_slice(&host, batch, device)?;
         Ok(Resolved {
             classes: host,
             tensor,
             targeted: self.is_targeted(),
+            given: Arc::new(given),
         })
     }
 }
 
-/// A goal checked against a batch and a model: class indices on the host and on the device.
+/// A goal checked against a batch: class indices on the host and on the device. Before its
+/// classes are used on a model's logits, [`check_classes`](Resolved::check_classes) must accept
+/// that model's class count.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
     pub classes: Vec<u32>,
     pub tensor: Tensor,
     pub targeted: bool,
+    /// The class indices as given (the goal's, then the labels of a targeted goal when known),
+    /// for the whole batch: a selection of rows keeps them, so errors name the caller's index.
+    given: Arc<Vec<(&'static str, Vec<i64>)>>,
 }
 
 impl Resolved {
+    /// Error unless every class index of the goal is below `classes`, the model's class count,
+    /// and no target equals its known label.
+    pub fn check_classes(&self, classes: usize) -> Result<()> {
+        for (what, values) in self.given.iter() {
+            if let Some((index, &class)) = values
+                .iter()
+                .enumerate()
+                .find(|(_, &c)| c < 0 || c as u64 >= classes as u64)
+            {
+                return Err(Error::LabelOutOfRange {
+                    what,
+                    index,
+                    class,
+                    classes,
+                });
+            }
+        }
+        if let [(_, targets), (_, labels)] = self.given.as_slice() {
+            if let Some(index) = (0..labels.len()).find(|&i| labels[i] == targets[i]) {
+                return Err(Error::TargetEqualsLabel {
+                    index,
+                    class: targets[index] as u32, // in range: checked above
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a prediction fulfils the goal for sample `i`.
     pub fn reached(&self, i: usize, predicted: u32) -> bool {
         if self.targeted {
@@ -130,11 +164,12 @@ impl Resolved {
             classes: rows.iter().map(|&i| self.classes[i as usize]).collect(),
             tensor: self.tensor.index_select(idx, 0)?,
             targeted: self.targeted,
+            given: Arc::clone(&self.given),
         })
     }
 }
 
-fn class_indices(what: &'static str, t: &Tensor, batch: usize, classes: usize) -> Result<Vec<u32>> {
+fn class_indices(what: &'static str, t: &Tensor, batch: usize) -> Result<Vec<i64>> {
     if t.dims() != [batch] {
         return Err(Error::ShapeMismatch {
             what,
@@ -142,7 +177,7 @@ fn class_indices(what: &'static str, t: &Tensor, batch: usize, classes: usize) -
             got: t.dims().to_vec(),
         });
     }
-    let values: Vec<i64> = match t.dtype() {
+    Ok(match t.dtype() {
         DType::U32 => t.to_vec1::<u32>()?.into_iter().map(i64::from).collect(),
         DType::I64 => t.to_vec1::<i64>()?,
         DType::U8 => t.to_vec1::<u8>()?.into_iter().map(i64::from).collect(),
@@ -153,21 +188,5 @@ fn class_indices(what: &'static str, t: &Tensor, batch: usize, classes: usize) -
                 got,
             })
         }
-    };
-    values
-        .iter()
-        .enumerate()
-        .map(|(index, &class)| {
-            if class < 0 || class as u64 >= classes as u64 {
-                Err(Error::LabelOutOfRange {
-                    what,
-                    index,
-                    class,
-                    classes,
-                })
-            } else {
-                Ok(class as u32)
-            }
-        })
-        .collect()
+    })
 }

@@ -180,17 +180,14 @@ pub fn loss_and_grad(
     loss: Loss,
 ) -> Result<LossGrad> {
     check_batch(x, f32::MIN, f32::MAX)?;
-    // One forward on the whole batch: its logits give the class count the goal is checked
-    // against, and the same graph is differentiated below.
-    let var = Var::from_tensor(x)?;
-    let logits = checked_logits(model, var.as_tensor())?;
-    let classes = logits.dim(1)?;
-    loss.check_classes(classes, goal.is_targeted())?;
-    let goal = goal.resolve(x.dim(0)?, classes, x.device())?;
-    backward_to_input(&var, logits, &goal, loss)
+    loss.check()?;
+    let goal = goal.resolve(x.dim(0)?, x.device())?;
+    loss_and_grad_resolved(model, x, &goal, loss)
 }
 
-/// [`loss_and_grad`] on inputs that were already checked.
+/// [`loss_and_grad`] on inputs that were already checked. One forward on the whole batch: its
+/// logits give the class count the goal and the loss are checked against, and the same graph
+/// is differentiated.
 pub(crate) fn loss_and_grad_resolved(
     model: &dyn Classifier,
     x: &Tensor,
@@ -198,8 +195,16 @@ pub(crate) fn loss_and_grad_resolved(
     loss: Loss,
 ) -> Result<LossGrad> {
     let var = Var::from_tensor(x)?;
-    let logits = checked_logits(model, var.as_tensor())?;
+    let logits = goal_logits(model, var.as_tensor(), goal)?;
+    loss.check_classes(logits.dim(1)?, goal.targeted)?;
     backward_to_input(&var, logits, goal, loss)
+}
+
+/// [`checked_logits`] whose class count covers `goal`'s classes.
+pub(crate) fn goal_logits(model: &dyn Classifier, x: &Tensor, goal: &Resolved) -> Result<Tensor> {
+    let logits = checked_logits(model, x)?;
+    goal.check_classes(logits.dim(1)?)?;
+    Ok(logits)
 }
 
 /// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.

@@ -390,6 +390,15 @@ mod perturb_only {
                     saved,
                     "{label}: {a} forward samples judged, {b} bare"
                 );
+                if saved == n {
+                    // the steps' gradients alone: no forward only to learn the class count
+                    let steps = if label.starts_with("fgsm") { 1 } else { 4 };
+                    assert_eq!(
+                        b,
+                        steps * n,
+                        "{label}: {b} forward samples for {steps} steps"
+                    );
+                }
             }
         }
         Ok(())

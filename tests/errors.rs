@@ -587,6 +587,116 @@ mod goal_classes {
     }
 }
 
+/// The goal's classes are checked against the model's class count wherever the attack first
+/// sees its logits (no forward pass is spent only to learn the count): on every entry point, with
+/// and without the clean forward of early stopping, the gradient self-check or judging.
+mod goal_classes_every_entry_point {
+    use super::*;
+    use perturb::attack::{Patch, PatchApplication, PatchShape, Region};
+
+    /// An entry point of the API, named, on the default batch and model.
+    type Entry = (String, Box<dyn Fn(&Goal) -> perturb::Result<()>>);
+
+    fn entry_points() -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut attacks: Vec<(String, Box<dyn Attack>)> = Vec::new();
+        for check in [false, true] {
+            attacks.push((
+                format!("fgsm check {check}"),
+                Box::new(Fgsm::new(budget()).check_gradient(check)),
+            ));
+            for (stop, restarts) in [(false, 1), (true, 1), (false, 2), (true, 2)] {
+                let pgd = Pgd::new(budget())
+                    .steps(2)
+                    .early_stop(stop)
+                    .restarts(restarts)
+                    .check_gradient(check);
+                attacks.push((
+                    format!("pgd check {check} stop {stop} x{restarts}"),
+                    Box::new(pgd),
+                ));
+            }
+        }
+        let pixels = Tensor::full(0.5f32, (1, 1, 1), &DEV).unwrap();
+        let patch = Patch::new(pixels, PatchShape::Square).unwrap();
+        attacks.push((
+            "patch".into(),
+            Box::new(PatchApplication::new(patch, Region::Anywhere)),
+        ));
+        for (name, attack) in attacks {
+            let attack: std::sync::Arc<dyn Attack> = attack.into();
+            let judged = std::sync::Arc::clone(&attack);
+            out.push((
+                format!("{name} run"),
+                Box::new(move |g: &Goal| judged.run(&linear(K), &input(), g).map(|_| ())),
+            ));
+            out.push((
+                format!("{name} perturb"),
+                Box::new(move |g: &Goal| attack.perturb(&linear(K), &input(), g).map(|_| ())),
+            ));
+        }
+        out.push((
+            "loss_and_grad".into(),
+            Box::new(|g: &Goal| {
+                loss_and_grad(&linear(K), &input(), g, Loss::CrossEntropy).map(|_| ())
+            }),
+        ));
+        out
+    }
+
+    #[test]
+    fn out_of_range_classes_and_targets_equal_to_labels() {
+        for (name, run) in entry_points() {
+            let res = run(&Goal::untargeted(&u32s(&[0, K as u32])));
+            assert!(
+                matches!(
+                    res,
+                    Err(Error::LabelOutOfRange {
+                        what: "labels",
+                        index: 1,
+                        class: 3,
+                        classes: K
+                    })
+                ),
+                "{name}: {res:?}"
+            );
+            let res = run(&Goal::targeted(&i64s(&[-1, 1])));
+            assert!(
+                matches!(
+                    res,
+                    Err(Error::LabelOutOfRange {
+                        what: "targets",
+                        index: 0,
+                        class: -1,
+                        classes: K
+                    })
+                ),
+                "{name}: {res:?}"
+            );
+            let res = run(&Goal::targeted_with_labels(&u32s(&[1, 2]), &u32s(&[0, 7])));
+            assert!(
+                matches!(
+                    res,
+                    Err(Error::LabelOutOfRange {
+                        what: "labels",
+                        index: 1,
+                        class: 7,
+                        classes: K
+                    })
+                ),
+                "{name}: {res:?}"
+            );
+            let res = run(&Goal::targeted_with_labels(&u32s(&[2, 1]), &labels()));
+            assert!(
+                matches!(res, Err(Error::TargetEqualsLabel { index: 1, class: 1 })),
+                "{name}: {res:?}"
+            );
+            // and a valid goal runs
+            run(&Goal::untargeted(&labels())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
+
 /// Attack and loss parameters outside their valid range.
 mod attack_params {
     use super::*;

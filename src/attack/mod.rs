@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::goal::{Goal, Resolved};
 use crate::gradcheck::GradientCheck;
 use crate::loss::Loss;
-use crate::model::{checked_logits, predictions, Classifier};
+use crate::model::{goal_logits, predictions, Classifier};
 
 /// Default fraction of coordinates an L1 step leaves alone (SLIDE's 99th percentile).
 pub const DEFAULT_L1_SPARSITY: f32 = 0.99;
@@ -150,8 +150,8 @@ pub(crate) struct Prepared {
 /// Check inputs and goal, and optionally the model's gradient, before an attack computes.
 ///
 /// With `clean` the whole clean batch goes through the model (an attack that stops early needs
-/// its predictions); without, one row suffices to learn the class count, and the first gradient
-/// evaluation checks the model's output on the whole batch.
+/// its predictions); without, the attack's first gradient evaluation checks the model's output
+/// and the goal's classes against it (no forward pass only to learn the class count).
 pub(crate) fn prepare(
     model: &dyn Classifier,
     x: &Tensor,
@@ -164,26 +164,14 @@ pub(crate) fn prepare(
     loss.check()?;
     budget.check_input(x)?;
     let n = x.dim(0)?;
-    let probe = if clean || n == 0 {
-        None
+    let goal = goal.resolve(n, x.device())?;
+    let clean_logits = if clean {
+        let logits = goal_logits(model, x, &goal)?;
+        loss.check_classes(logits.dim(1)?, goal.targeted)?;
+        Some(logits)
     } else {
-        match checked_logits(model, &x.narrow(0, 0, 1)?) {
-            Ok(logits) => Some(logits.dims2()?.1),
-            // judged on the whole batch below, so that the error names the caller's batch
-            Err(Error::ModelOutput { .. }) => None,
-            Err(e) => return Err(e),
-        }
+        None
     };
-    let (clean_logits, classes) = match probe {
-        Some(classes) => (None, classes),
-        None => {
-            let logits = checked_logits(model, x)?;
-            let classes = logits.dims2()?.1;
-            (Some(logits), classes)
-        }
-    };
-    loss.check_classes(classes, goal.is_targeted())?;
-    let goal = goal.resolve(n, classes, x.device())?;
     if check_gradient {
         let probe = x.narrow(0, 0, n.min(2))?;
         GradientCheck::new().run(model, &probe)?.into_result()?;
@@ -203,8 +191,11 @@ pub(crate) fn finish(
     gradient_evals: usize,
 ) -> Result<Adversarial> {
     let logits = match logits {
-        Some(l) => l,
-        None => checked_logits(model, &x_adv)?,
+        Some(l) => {
+            goal.check_classes(l.dim(1)?)?;
+            l
+        }
+        None => goal_logits(model, &x_adv, goal)?,
     };
     let predictions = predictions(&logits)?;
     let success = predictions

@@ -8,7 +8,7 @@ use crate::budget::{check_sparsity, Budget};
 use crate::error::{Error, Result};
 use crate::goal::{Goal, Resolved};
 use crate::loss::Loss;
-use crate::model::{checked_logits, loss_and_grad_resolved, predictions, Classifier};
+use crate::model::{goal_logits, loss_and_grad_resolved, predictions, Classifier};
 
 /// Projected Gradient Descent (Madry et al. 2018, arXiv:1706.06083); without random start it is
 /// the Basic Iterative Method (Kurakin et al. 2017, arXiv:1607.02533).
@@ -178,7 +178,7 @@ impl Pgd {
         };
         let mut active: Vec<u32> = (0..m as u32).collect();
         if self.early_stop && self.random_start {
-            let preds = predictions(&checked_logits(model, &cur)?)?;
+            let preds = predictions(&goal_logits(model, &cur, &goal)?)?;
             active.retain(|&i| !goal.reached(i as usize, preds[i as usize]));
         }
         let alpha = self.alpha();
@@ -207,7 +207,7 @@ impl Pgd {
             active = targets;
         }
         let verdict = if judge {
-            let logits = checked_logits(model, &cur)?;
+            let logits = goal_logits(model, &cur, &goal)?;
             let preds = predictions(&logits)?;
             let loss = self
                 .loss

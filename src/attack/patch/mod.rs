@@ -18,7 +18,7 @@ use super::{finish, Adversarial, Attack};
 use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::goal::Goal;
-use crate::model::{checked_logits, Classifier};
+use crate::model::Classifier;
 use warp::{warp, Draw};
 
 /// Outline of a patch inside its square of pixels.
@@ -458,8 +458,8 @@ impl Attack for PatchApplication {
     fn run(&self, model: &dyn Classifier, x: &Tensor, goal: &Goal) -> Result<Adversarial> {
         self.transforms.check()?;
         let (b, _, h, w) = check_images(x, &self.patch)?;
-        let logits = checked_logits(model, x)?;
-        let goal = goal.resolve(b, logits.dims2()?.1, x.device())?;
+        // the model's class count is checked on the patched batch's logits, in `finish`
+        let goal = goal.resolve(b, x.device())?;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let s = self.patch.side();
         let draws = (0..b)
