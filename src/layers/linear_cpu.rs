@@ -86,7 +86,7 @@ impl ConstLinear {
                 false,
                 false,
                 false,
-                parallelism(),
+                parallelism(n * self.out * self.inp),
             );
         }
         self.act.apply(&mut y);
@@ -132,16 +132,22 @@ impl ConstLinear {
                 false,
                 false,
                 false,
-                parallelism(),
+                parallelism(n * self.out * self.inp),
             );
         }
         Ok(gx)
     }
 }
 
-/// gemm splits the output, never the sum, so the bits do not depend on the thread count.
-fn parallelism() -> gemm::Parallelism {
+/// Products of fewer multiply-adds than this run on the calling thread: handing them to the
+/// pool costs more than it saves, and a sleeping worker's wake-up made their time bimodal.
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// Threads for a product of `macs` multiply-adds. gemm splits the output, never the sum, so the
+/// bits do not depend on the thread count.
+fn parallelism(macs: usize) -> gemm::Parallelism {
     match rayon::current_num_threads() {
+        _ if macs < PARALLEL_MIN_MACS => gemm::Parallelism::None,
         0 | 1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
     }
