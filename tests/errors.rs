@@ -646,46 +646,34 @@ mod goal_classes_every_entry_point {
 
     #[test]
     fn out_of_range_classes_and_targets_equal_to_labels() {
+        // (goal, the index list named, sample, class)
+        let out_of_range = [
+            (
+                Goal::untargeted(&u32s(&[0, K as u32])),
+                "labels",
+                1,
+                K as i64,
+            ),
+            (Goal::targeted(&i64s(&[-1, 1])), "targets", 0, -1),
+            (
+                Goal::targeted_with_labels(&u32s(&[1, 2]), &u32s(&[0, 7])),
+                "labels",
+                1,
+                7,
+            ),
+        ];
         for (name, run) in entry_points() {
-            let res = run(&Goal::untargeted(&u32s(&[0, K as u32])));
-            assert!(
-                matches!(
-                    res,
-                    Err(Error::LabelOutOfRange {
-                        what: "labels",
-                        index: 1,
-                        class: 3,
-                        classes: K
-                    })
-                ),
-                "{name}: {res:?}"
-            );
-            let res = run(&Goal::targeted(&i64s(&[-1, 1])));
-            assert!(
-                matches!(
-                    res,
-                    Err(Error::LabelOutOfRange {
-                        what: "targets",
-                        index: 0,
-                        class: -1,
-                        classes: K
-                    })
-                ),
-                "{name}: {res:?}"
-            );
-            let res = run(&Goal::targeted_with_labels(&u32s(&[1, 2]), &u32s(&[0, 7])));
-            assert!(
-                matches!(
-                    res,
-                    Err(Error::LabelOutOfRange {
-                        what: "labels",
-                        index: 1,
-                        class: 7,
-                        classes: K
-                    })
-                ),
-                "{name}: {res:?}"
-            );
+            for (goal, want_what, want_index, want_class) in &out_of_range {
+                let res = run(goal);
+                assert!(
+                    matches!(
+                        res,
+                        Err(Error::LabelOutOfRange { what, index, class, classes: K })
+                            if what == *want_what && index == *want_index && class == *want_class
+                    ),
+                    "{name}: {res:?}"
+                );
+            }
             let res = run(&Goal::targeted_with_labels(&u32s(&[2, 1]), &labels()));
             assert!(
                 matches!(res, Err(Error::TargetEqualsLabel { index: 1, class: 1 })),
