@@ -96,7 +96,9 @@ mod tests {
     /// on views with an offset, and finds NaN and ±∞ wherever they sit.
     #[test]
     fn host_range_matches_candle() -> Result<()> {
-        let base: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let base: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let all = Tensor::from_vec(base.clone(), 200, &Device::Cpu)?;
         for start in [0usize, 3] {
             for len in [1usize, 15, 16, 17, 64, 197] {
