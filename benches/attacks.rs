@@ -12,13 +12,15 @@
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attacks`, or one group:
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attacks -- 'mnist-cnn/b32'`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use candle_core::{Device, Module, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use perturb::attack::{PatchAttack, Transforms};
-use perturb::data::{load_photo, sample_photo, Fit, Mnist, SAMPLE_PHOTOS};
+use perturb::data::Mnist;
 use perturb::{loss_and_grad, zoo, Attack, Budget, Fgsm, Goal, Loss, Pgd};
 
 /// The shipped model `name` with its weights as variables: stock candle autograd everywhere.
@@ -139,19 +141,11 @@ fn benches(c: &mut Criterion) {
     // EfficientNet-Lite0 (224×224 photos) at batch 1, 32 and 128: forward, gradient and PGD-10,
     // steps alone and judged (about 1.4 s, 4 s and 36 s at batch 128 on two cores). Flat
     // sampling: criterion's minimum of 10 samples, one run each, after one warm-up run.
-    let photos: Vec<Tensor> = SAMPLE_PHOTOS
-        .iter()
-        .map(|p| load_photo(sample_photo(p), 224, Fit::ResizeCrop, &dev).expect("photo"))
-        .collect();
+    let photos = common::photos(&dev);
     let net = zoo::load("efficientnet-lite0", &dev).expect("model");
-    let pgd10_photo = Pgd::new(Budget::linf(2.0 / 255.0).expect("budget"))
-        .steps(10)
-        .check_gradient(false);
+    let pgd10_photo = common::pgd10_photo();
     for n in [1usize, 32, 128] {
-        let xs: Vec<Tensor> = (0..n).map(|i| photos[i % 5].clone()).collect();
-        let x = Tensor::stack(&xs, 0).expect("x");
-        let y = net.forward(&x).expect("fwd").argmax(1).expect("argmax");
-        let goal = Goal::untargeted(&y);
+        let (x, goal) = common::photo_batch(&net, &photos, n);
         let mut g = c.benchmark_group(format!("efficientnet-lite0/b{n}"));
         g.sample_size(10);
         if n > 1 {

@@ -11,10 +11,12 @@
 //! `RAYON_NUM_THREADS=2 cargo bench --bench step_ratio` (about 4 minutes on two cores);
 //! `ROUNDS=n` sets the MNIST rounds (default 15), `MODELS=mnist-cnn,…` a subset.
 
+mod common;
+
 use std::time::Instant;
 
-use candle_core::{Device, Module, Tensor};
-use perturb::data::{load_photo, sample_photo, Fit, Mnist, SAMPLE_PHOTOS};
+use candle_core::{Device, Tensor};
+use perturb::data::Mnist;
 use perturb::{loss_and_grad, zoo, Attack, Budget, Classifier, Goal, Loss, Pgd};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,18 +94,10 @@ fn main() {
     let name = "efficientnet-lite0";
     if wanted(name) {
         let net = zoo::load(name, &dev).expect("model");
-        let photos: Vec<Tensor> = SAMPLE_PHOTOS
-            .iter()
-            .map(|p| load_photo(sample_photo(p), 224, Fit::ResizeCrop, &dev).expect("photo"))
-            .collect();
-        let pgd = Pgd::new(Budget::linf(2.0 / 255.0).expect("budget"))
-            .steps(10)
-            .check_gradient(false);
+        let photos = common::photos(&dev);
+        let pgd = common::pgd10_photo();
         for (n, rounds) in [(8usize, 7usize), (32, 3)] {
-            let xs: Vec<Tensor> = (0..n).map(|i| photos[i % photos.len()].clone()).collect();
-            let x = Tensor::stack(&xs, 0).expect("x");
-            let y = net.forward(&x).expect("fwd").argmax(1).expect("argmax");
-            let goal = Goal::untargeted(&y);
+            let (x, goal) = common::photo_batch(&net, &photos, n);
             report(name, n, rounds, ratios(&net, &x, &goal, &pgd, rounds));
         }
     }
