@@ -321,9 +321,9 @@ mod perturb_only {
         let targets: Vec<u32> = labels.iter().map(|&c| (c + 1) % k as u32).collect();
         let untargeted = Goal::untargeted(&Tensor::new(labels.as_slice(), &Device::Cpu)?);
         let targeted = Goal::targeted(&Tensor::new(targets.as_slice(), &Device::Cpu)?);
-        // (label, attack, forward samples `perturb` saves: None for none, Some(early_stop) for
-        // the verdict on every attacked sample)
-        let mut attacks: Vec<(String, Box<dyn Attack>, Option<bool>)> = Vec::new();
+        // (label, attack, steps, forward samples `perturb` saves: None for none, Some(early_stop)
+        // for the verdict on every attacked sample)
+        let mut attacks: Vec<(String, Box<dyn Attack>, usize, Option<bool>)> = Vec::new();
         for norm in [Norm::Linf, Norm::L2, Norm::L1] {
             let eps = match norm {
                 Norm::Linf => 0.05,
@@ -332,7 +332,7 @@ mod perturb_only {
             };
             let budget = Budget::new(norm, eps)?;
             let fgsm = Fgsm::new(budget).check_gradient(false);
-            attacks.push((format!("fgsm {norm}"), Box::new(fgsm), Some(false)));
+            attacks.push((format!("fgsm {norm}"), Box::new(fgsm), 1, Some(false)));
             for (random_start, early_stop, restarts) in [
                 (true, false, 1),
                 (false, false, 1),
@@ -352,15 +352,19 @@ mod perturb_only {
                     format!("pgd {norm} start {random_start} stop {early_stop} x{restarts}");
                 // with restarts every run is judged to pick the best
                 let saved = (restarts == 1).then_some(early_stop);
-                attacks.push((label, Box::new(pgd), saved));
+                attacks.push((label, Box::new(pgd), 4, saved));
             }
         }
+        let clean: Vec<u32> = linear.forward(&x)?.argmax(1)?.to_vec1::<u32>()?;
         for goal in [&untargeted, &targeted] {
-            let clean: Vec<u32> = {
-                let logits = linear.forward(&x)?;
-                logits.argmax(1)?.to_vec1::<u32>()?
-            };
-            for (label, attack, saved) in &attacks {
+            // the samples attacked at all: early stopping leaves the clean successes out
+            let fooled_clean = (0..n)
+                .filter(|&i| match goal {
+                    Goal::Untargeted { .. } => clean[i] != labels[i],
+                    Goal::Targeted { .. } => clean[i] == targets[i],
+                })
+                .count();
+            for (label, attack, steps, saved) in &attacks {
                 let counting = |m| Counting {
                     model: m,
                     samples: AtomicUsize::new(0),
@@ -369,13 +373,6 @@ mod perturb_only {
                 let judged = attack.run(&judged_model, &x, goal)?;
                 let bare = attack.perturb(&bare_model, &x, goal)?;
                 assert!(same_bits(&judged.x_adv, &bare), "{label}: x_adv differs");
-                // the samples attacked at all: early stopping leaves the clean successes out
-                let fooled_clean = (0..n)
-                    .filter(|&i| match goal {
-                        Goal::Untargeted { .. } => clean[i] != labels[i],
-                        Goal::Targeted { .. } => clean[i] == targets[i],
-                    })
-                    .count();
                 let saved = match saved {
                     None => 0,
                     Some(false) => n,
@@ -392,7 +389,6 @@ mod perturb_only {
                 );
                 if saved == n {
                     // the steps' gradients alone: no forward only to learn the class count
-                    let steps = if label.starts_with("fgsm") { 1 } else { 4 };
                     assert_eq!(
                         b,
                         steps * n,
