@@ -323,7 +323,8 @@ mod perturb_only {
         let targeted = Goal::targeted(&Tensor::new(targets.as_slice(), &Device::Cpu)?);
         // (label, attack, steps, forward samples `perturb` saves: None for none, Some(early_stop)
         // for the verdict on every attacked sample)
-        let mut attacks: Vec<(String, Box<dyn Attack>, usize, Option<bool>)> = Vec::new();
+        type Case = (String, Box<dyn Attack>, usize, Option<bool>);
+        let mut attacks: Vec<Case> = Vec::new();
         for norm in [Norm::Linf, Norm::L2, Norm::L1] {
             let eps = match norm {
                 Norm::Linf => 0.05,
