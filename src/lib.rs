@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod model;
 mod ops;
 pub mod report;
+mod simd;
 pub mod train;
 mod validate;
 pub mod zoo;

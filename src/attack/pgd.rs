@@ -172,7 +172,7 @@ impl Pgd {
         let (x0, goal) = select_rows(x, goal, rows)?;
         let m = rows.len();
         let mut cur = if self.random_start {
-            self.budget.random_start(&x0, rng)?
+            self.budget.random_start_variable(&x0, rng)?
         } else {
             x0.clone()
         };
@@ -199,13 +199,15 @@ impl Pgd {
             } else {
                 (0..active.len() as u32).collect()
             };
-            let moved = self
-                .budget
-                .step(&sub, &lg.grad, &x_sub, alpha, self.l1_sparsity)?;
+            let moved =
+                self.budget
+                    .step_variable(&sub, &lg.grad, &x_sub, alpha, self.l1_sparsity)?;
             let targets: Vec<u32> = keep.iter().map(|&j| active[j as usize]).collect();
             cur = scatter_rows(&cur, &targets, &take_rows(&moved, &keep)?)?;
             active = targets;
         }
+        // the steps' variables end here: the verdict and the caller get a plain tensor
+        let cur = cur.detach();
         let verdict = if judge {
             let logits = goal_logits(model, &cur, &goal)?;
             let preds = predictions(&logits)?;

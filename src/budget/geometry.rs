@@ -8,7 +8,7 @@
 //!
 //! Here `u = v − x` is the requested step, `[a, b] = [lo − x, hi − x]` the box around `x`.
 
-use candle_core::{CpuStorage, DType, Storage, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use super::{Budget, Norm};
 use crate::error::{Error, Result};
@@ -73,9 +73,10 @@ impl Budget {
     /// One steepest-ascent step of length `alpha` from `x_adv` for the gradient `grad`, projected
     /// back onto the budget around `x`: `project(x_adv + alpha · ascent_direction(grad), x)`.
     ///
-    /// For L∞ on contiguous CPU `f32` tensors the step runs as one pass over the data with the
-    /// same arithmetic as the composed ops (bit for bit the same result) instead of eight
-    /// tensor ops and their temporaries: for a small model these dominate an attack step.
+    /// For L∞ on contiguous CPU `f32` tensors the step runs as one vectorised pass over the
+    /// data with the same arithmetic as the composed ops (bit for bit the same result) instead
+    /// of eight tensor ops and their temporaries: for a small model these dominate an attack
+    /// step.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
@@ -97,66 +98,28 @@ impl Budget {
         alpha: f32,
         l1_sparsity: f32,
     ) -> Result<Tensor> {
-        if self.norm == Norm::Linf && grad.dims() == x.dims() {
+        Ok(self
+            .step_variable(x_adv, grad, x, alpha, l1_sparsity)?
+            .detach())
+    }
+
+    /// [`Budget::step`], as a candle variable where the CPU pass made it: the next gradient
+    /// takes it without a copy (attacks detach their final result).
+    pub(crate) fn step_variable(
+        &self,
+        x_adv: &Tensor,
+        grad: &Tensor,
+        x: &Tensor,
+        alpha: f32,
+        l1_sparsity: f32,
+    ) -> Result<Tensor> {
+        if self.norm == Norm::Linf {
             if let Some(out) = self.linf_step_cpu(x_adv, grad, x, alpha)? {
                 return Ok(out);
             }
         }
         let dir = self.ascent_direction(grad, x_adv, l1_sparsity)?;
         self.project(&(x_adv + dir.affine(f64::from(alpha), 0.0)?)?, x)
-    }
-
-    /// The L∞ random start from `noise` as one loop over CPU `f32` data, bit for bit
-    /// `project(f32(f64(x) + noise), x)`; `None` for other tensors.
-    pub(super) fn linf_start_cpu(&self, x: &Tensor, noise: &[f64]) -> Result<Option<Tensor>> {
-        if noise.len() != x.elem_count() {
-            return Ok(None);
-        }
-        let out = with_cpu_f32(&[x], |[x]| {
-            x.iter()
-                .zip(noise)
-                .map(|(&x, &u)| self.linf_clamp((f64::from(x) + u) as f32, x))
-                .collect()
-        });
-        Ok(out
-            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-            .transpose()?)
-    }
-
-    /// The L∞ [`Budget::step`] as one loop over CPU `f32` data; `None` for other tensors.
-    fn linf_step_cpu(
-        &self,
-        x_adv: &Tensor,
-        grad: &Tensor,
-        x: &Tensor,
-        alpha: f32,
-    ) -> Result<Option<Tensor>> {
-        if x_adv.dims() != x.dims() {
-            return Ok(None);
-        }
-        // The composed ops, element by element: sign, affine (v·alpha + 0), add, projection.
-        let out = with_cpu_f32(&[x_adv, grad, x], |[a, g, x0]| {
-            a.iter()
-                .zip(g)
-                .zip(x0)
-                .map(|((&a, &g), &x)| {
-                    let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
-                    self.linf_clamp(a + (sign * alpha + 0.0), x)
-                })
-                .collect()
-        });
-        Ok(out
-            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-            .transpose()?)
-    }
-
-    /// [`Budget::project`] for L∞ of one pixel `v` around the clean pixel `x`, with its
-    /// arithmetic: the bounds `x ± eps` (an affine each) met with the box, then candle's
-    /// maximum and minimum.
-    fn linf_clamp(&self, v: f32, x: f32) -> f32 {
-        let lower = max(x - self.eps, self.lo);
-        let upper = min(x + self.eps, self.hi);
-        min(max(v, lower), upper)
     }
 
     /// The ball radius used in `f64`, shrunk by the worst-case rounding `slack`.
@@ -312,46 +275,4 @@ fn project_l1(u: &Tensor, a: &Tensor, b: &Tensor, r: f64) -> Result<Tensor> {
 
 fn all_true(mask: &Tensor) -> Result<bool> {
     Ok(mask.to_dtype(DType::U32)?.min_all()?.to_scalar::<u32>()? == 1)
-}
-
-/// candle's `maximum`, as its CPU kernel compares.
-fn max(a: f32, b: f32) -> f32 {
-    if a < b {
-        b
-    } else {
-        a
-    }
-}
-
-/// candle's `minimum`, as its CPU kernel compares.
-fn min(a: f32, b: f32) -> f32 {
-    if a > b {
-        b
-    } else {
-        a
-    }
-}
-
-/// `f` on the data of `N` tensors, or `None` unless each is a contiguous `f32` tensor on the CPU.
-fn with_cpu_f32<const N: usize>(
-    tensors: &[&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> Vec<f32>,
-) -> Option<Vec<f32>> {
-    if tensors
-        .iter()
-        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
-    {
-        return None;
-    }
-    let guards = tensors.map(|t| t.storage_and_layout());
-    let mut slices: [&[f32]; N] = [&[]; N];
-    for ((storage, layout), slice) in guards.iter().zip(&mut slices) {
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-            (&**storage, layout.contiguous_offsets())
-        else {
-            return None;
-        };
-        *slice = &v[start..end];
-    }
-    Some(f(slices))
 }

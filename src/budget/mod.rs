@@ -12,6 +12,8 @@
 //! L2, D·2⁻²⁴ for L1, relative to the box's largest magnitude; 1.7e-6 and 4.7e-5 for MNIST).
 
 mod geometry;
+mod linf_cpu;
+mod noise;
 
 pub(crate) use geometry::check_sparsity;
 
@@ -21,6 +23,8 @@ use std::str::FromStr;
 use candle_core::{DType, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Exp1, StandardNormal};
+
+use noise::Noise;
 
 use crate::error::{Error, Result};
 use crate::validate::check_batch;
@@ -209,8 +213,11 @@ impl Budget {
 
     /// A uniformly random point of the ε-ball around each sample, projected onto the box.
     ///
-    /// The noise is drawn on the host from `rng` (sample by sample, pixel by pixel), so the result
-    /// depends only on the generator's state, never on the device or thread count.
+    /// The noise is drawn on the host, sample by sample and pixel by pixel, from a fast
+    /// generator (eight xoshiro256+ streams) seeded by 32 draws from `rng`: the result depends
+    /// only on `rng`'s state, never on the device or the thread count. L∞ draws each pixel
+    /// uniformly from `[-ε, ε)` (24-bit resolution), L2 a Gaussian direction and a radius
+    /// `ε·U^(1/d)`, L1 exponential spacings with random signs.
     ///
     /// ```
     /// use candle_core::{DType, Device, Tensor};
@@ -226,43 +233,54 @@ impl Budget {
     /// # Errors
     /// Candle errors only (the caller checks `x`).
     pub fn random_start<R: Rng + ?Sized>(&self, x: &Tensor, rng: &mut R) -> Result<Tensor> {
+        Ok(self.random_start_variable(x, rng)?.detach())
+    }
+
+    /// [`Budget::random_start`], as a candle variable where the CPU pass made it (see
+    /// [`Budget::step_variable`]).
+    pub(crate) fn random_start_variable<R: Rng + ?Sized>(
+        &self,
+        x: &Tensor,
+        rng: &mut R,
+    ) -> Result<Tensor> {
+        let mut noise = Noise::seeded(rng);
+        if self.norm == Norm::Linf {
+            if let Some(start) = self.linf_start_cpu(x, &mut noise)? {
+                return Ok(start);
+            }
+            let mut u = vec![0f32; x.elem_count()];
+            noise.fill_symmetric(self.eps, &mut u);
+            let u = Tensor::from_vec(u, x.shape(), x.device())?;
+            return self.project(&(x + u)?, x);
+        }
         let n = x.dim(0)?;
         let d = x.elem_count() / n.max(1);
         let eps = f64::from(self.eps);
-        let mut noise = Vec::with_capacity(n * d);
+        let mut delta = Vec::with_capacity(n * d);
         for _ in 0..n {
-            match self.norm {
-                Norm::Linf => noise.extend((0..d).map(|_| rng.random_range(-eps..=eps))),
-                Norm::L2 => {
-                    let g: Vec<f64> = (0..d).map(|_| StandardNormal.sample(rng)).collect();
-                    let len = g
-                        .iter()
-                        .map(|v| v * v)
-                        .sum::<f64>()
-                        .sqrt()
-                        .max(f64::MIN_POSITIVE);
-                    let radius = eps * rng.random::<f64>().powf(1.0 / d as f64);
-                    noise.extend(g.iter().map(|v| v / len * radius));
-                }
-                Norm::L1 => {
-                    // Exponential spacings: (e_1..e_d) / sum(e_1..e_{d+1}) is uniform on the
-                    // simplex's interior, and random signs make it uniform in the L1 ball.
-                    let e: Vec<f64> = (0..=d).map(|_| Exp1.sample(rng)).collect();
-                    let total: f64 = e.iter().sum();
-                    for v in &e[..d] {
-                        let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                        noise.push(sign * eps * v / total);
-                    }
+            if self.norm == Norm::L2 {
+                let g: Vec<f64> = (0..d).map(|_| StandardNormal.sample(&mut noise)).collect();
+                let len = g
+                    .iter()
+                    .map(|v| v * v)
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(f64::MIN_POSITIVE);
+                let radius = eps * noise.random::<f64>().powf(1.0 / d as f64);
+                delta.extend(g.iter().map(|v| v / len * radius));
+            } else {
+                // Exponential spacings: (e_1..e_d) / sum(e_1..e_{d+1}) is uniform on the
+                // simplex's interior, and random signs make it uniform in the L1 ball.
+                let e: Vec<f64> = (0..=d).map(|_| Exp1.sample(&mut noise)).collect();
+                let total: f64 = e.iter().sum();
+                for v in &e[..d] {
+                    let sign = if noise.random::<bool>() { 1.0 } else { -1.0 };
+                    delta.push(sign * eps * v / total);
                 }
             }
         }
-        if self.norm == Norm::Linf {
-            if let Some(start) = self.linf_start_cpu(x, &noise)? {
-                return Ok(start);
-            }
-        }
-        let noise = Tensor::from_vec(noise, x.shape(), x.device())?;
-        let start = (x.to_dtype(DType::F64)? + noise)?.to_dtype(DType::F32)?;
+        let delta = Tensor::from_vec(delta, x.shape(), x.device())?;
+        let start = (x.to_dtype(DType::F64)? + delta)?.to_dtype(DType::F32)?;
         self.project(&start, x)
     }
 }

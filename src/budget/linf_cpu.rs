@@ -1,0 +1,165 @@
+//! The L∞ random start and step as single passes over contiguous CPU `f32` data.
+//!
+//! For a small model an attack step costs as much as its gradient: composed from candle ops,
+//! the L∞ step is eight tensor ops and their temporaries. Here it is one loop, vectorised
+//! (AVX-512 / AVX2 where the CPU has them), writing into an output that is never zeroed, with
+//! the composed ops' arithmetic element by element (bit for bit the same result; the property
+//! tests compare both paths). Outputs are candle variables, so the next gradient takes them
+//! without the copy `Var::from_tensor` makes of any other tensor.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+
+use super::noise::Noise;
+use super::Budget;
+use crate::error::Result;
+use crate::simd::{multiversion, written};
+
+/// The L∞ projection of one pixel: onto `[x − eps, x + eps] ∩ [lo, hi]`.
+#[derive(Clone, Copy)]
+pub(super) struct Clamp {
+    eps: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Clamp {
+    /// [`Budget::project`]'s arithmetic for one pixel `v` around the clean pixel `x`: the
+    /// bounds `x ± eps` (an affine each) met with the box, then candle's maximum and minimum.
+    #[inline(always)]
+    fn apply(self, v: f32, x: f32) -> f32 {
+        let lower = max(x - self.eps, self.lo);
+        let upper = min(x + self.eps, self.hi);
+        min(max(v, lower), upper)
+    }
+}
+
+multiversion! {
+    /// `out = clamp(a + (sign(g) · alpha + 0), x)`, element by element; the slots written.
+    fn step_pass(
+        out: &mut [MaybeUninit<f32>],
+        a: &[f32],
+        g: &[f32],
+        x: &[f32],
+        alpha: f32,
+        clamp: Clamp,
+    ) -> usize {
+        for (((o, &a), &g), &x) in out.iter_mut().zip(a).zip(g).zip(x) {
+            let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+            o.write(clamp.apply(a + (sign * alpha + 0.0), x));
+        }
+        out.len().min(a.len()).min(g.len()).min(x.len())
+    }
+}
+
+multiversion! {
+    /// `out = clamp(x + u, x)`, element by element; the slots written.
+    fn start_pass(out: &mut [MaybeUninit<f32>], x: &[f32], u: &[f32], clamp: Clamp) -> usize {
+        for ((o, &x), &u) in out.iter_mut().zip(x).zip(u) {
+            o.write(clamp.apply(x + u, x));
+        }
+        out.len().min(x.len()).min(u.len())
+    }
+}
+
+impl Budget {
+    pub(super) fn clamp(&self) -> Clamp {
+        Clamp {
+            eps: self.eps,
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+
+    /// The L∞ random start, bit for bit `project(x + u, x)` for `u` the next `x.elem_count()`
+    /// numbers of `noise.fill_symmetric(eps)`; `None` for tensors other than contiguous CPU
+    /// `f32`, before any noise is drawn.
+    pub(super) fn linf_start_cpu(&self, x: &Tensor, noise: &mut Noise) -> Result<Option<Tensor>> {
+        /// Noise drawn per block: a multiple of the generator's 16 numbers per advance, so the
+        /// blocks see the same stream as one fill of the whole batch.
+        const BLOCK: usize = 1024;
+        let clamp = self.clamp();
+        let out = with_cpu_f32(&[x], |[x]| {
+            written(x.len(), |out| {
+                let mut u = [0f32; BLOCK];
+                let mut covered = 0;
+                for (o, x) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+                    let u = &mut u[..x.len()];
+                    noise.fill_symmetric(self.eps, u);
+                    covered += start_pass(o, x, u, clamp);
+                }
+                covered
+            })
+        });
+        out.map(|v| variable(v, x)).transpose()
+    }
+
+    /// The L∞ [`Budget::step`] as one pass; `None` for tensors other than contiguous CPU `f32`
+    /// of one shape.
+    pub(super) fn linf_step_cpu(
+        &self,
+        x_adv: &Tensor,
+        grad: &Tensor,
+        x: &Tensor,
+        alpha: f32,
+    ) -> Result<Option<Tensor>> {
+        if x_adv.dims() != x.dims() || grad.dims() != x.dims() {
+            return Ok(None);
+        }
+        let clamp = self.clamp();
+        let out = with_cpu_f32(&[x_adv, grad, x], |[a, g, x0]| {
+            written(x0.len(), |out| step_pass(out, a, g, x0, alpha, clamp))
+        });
+        out.map(|v| variable(v, x)).transpose()
+    }
+}
+
+/// `data` as a candle variable of `like`'s shape and device.
+fn variable(data: Vec<f32>, like: &Tensor) -> Result<Tensor> {
+    Ok(Var::from_vec(data, like.shape(), like.device())?.into_inner())
+}
+
+/// candle's `maximum`, as its CPU kernel compares.
+#[inline(always)]
+fn max(a: f32, b: f32) -> f32 {
+    if a < b {
+        b
+    } else {
+        a
+    }
+}
+
+/// candle's `minimum`, as its CPU kernel compares.
+#[inline(always)]
+fn min(a: f32, b: f32) -> f32 {
+    if a > b {
+        b
+    } else {
+        a
+    }
+}
+
+/// `f` on the data of `N` tensors, or `None` unless each is a contiguous `f32` tensor on the CPU.
+fn with_cpu_f32<const N: usize>(
+    tensors: &[&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Vec<f32>,
+) -> Option<Vec<f32>> {
+    if tensors
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return None;
+    }
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for ((storage, layout), slice) in guards.iter().zip(&mut slices) {
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return None;
+        };
+        *slice = &v[start..end];
+    }
+    Some(f(slices))
+}
