@@ -1,18 +1,21 @@
-//! The L∞ random start and step as single passes over contiguous CPU `f32` data.
+//! The L∞ random start and step, and per-sample distances, as single passes over contiguous
+//! CPU `f32` data.
 //!
 //! For a small model an attack step costs as much as its gradient: composed from candle ops,
-//! the L∞ step is eight tensor ops and their temporaries. Here it is one loop, vectorised
-//! (AVX-512 / AVX2 where the CPU has them), writing into an output that is never zeroed, with
-//! the composed ops' arithmetic element by element (bit for bit the same result; the property
-//! tests compare both paths). Outputs are candle variables, so the next gradient takes them
-//! without the copy `Var::from_tensor` makes of any other tensor.
+//! the L∞ step is eight tensor ops and their temporaries, and the distances five (two of them
+//! `f64` conversions, one of candle's generic index reductions). Here each is one loop,
+//! vectorised (AVX-512 / AVX2 where the CPU has them), writing into an output that is never
+//! zeroed, with the composed ops' arithmetic element by element (the start and the step bit for
+//! bit; the property tests compare both paths). The start and the step return candle
+//! variables, so the next gradient takes them without the copy `Var::from_tensor` makes of any
+//! other tensor.
 
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
 
 use super::noise::Noise;
-use super::Budget;
+use super::{Budget, Norm};
 use crate::error::Result;
 use crate::simd::{multiversion, written};
 
@@ -115,6 +118,67 @@ impl Budget {
     }
 }
 
+multiversion! {
+    /// Per-row distances in `norm` of rows of length `d` (at least 1), in `f64`: the largest
+    /// absolute difference, the root of the summed squares, or the summed absolute differences
+    /// (sums over eight interleaved partial sums, then those in order).
+    fn distance_pass(a: &[f32], b: &[f32], d: usize, norm: Norm) -> Vec<f32> {
+        match norm {
+            Norm::Linf => fold_rows(a, b, d, |acc, v| acc.max(v.abs()), f64::max, |t| t),
+            Norm::L2 => fold_rows(a, b, d, |acc, v| acc + v * v, |p, q| p + q, f64::sqrt),
+            Norm::L1 => fold_rows(a, b, d, |acc, v| acc + v.abs(), |p, q| p + q, |t| t),
+        }
+    }
+}
+
+/// Per row of length `d`: `fold` over the differences in eight interleaved accumulators,
+/// `combine`d, the row's tail folded in, then `finish`ed.
+#[inline(always)]
+fn fold_rows(
+    a: &[f32],
+    b: &[f32],
+    d: usize,
+    fold: impl Fn(f64, f64) -> f64,
+    combine: impl Fn(f64, f64) -> f64,
+    finish: impl Fn(f64) -> f64,
+) -> Vec<f32> {
+    const LANES: usize = 8;
+    a.chunks_exact(d)
+        .zip(b.chunks_exact(d))
+        .map(|(ra, rb)| {
+            let mut acc = [0f64; LANES];
+            let (ca, cb) = (ra.chunks_exact(LANES), rb.chunks_exact(LANES));
+            let (ta, tb) = (ca.remainder(), cb.remainder());
+            for (pa, pb) in ca.zip(cb) {
+                for i in 0..LANES {
+                    acc[i] = fold(acc[i], f64::from(pa[i]) - f64::from(pb[i]));
+                }
+            }
+            let mut total = acc.into_iter().fold(0.0, &combine);
+            for (&p, &q) in ta.iter().zip(tb) {
+                total = fold(total, f64::from(p) - f64::from(q));
+            }
+            finish(total) as f32
+        })
+        .collect()
+}
+
+impl Budget {
+    /// [`Budget::distances`] as one pass; `None` for tensors other than contiguous CPU `f32` of
+    /// one shape with at least one pixel per sample.
+    pub(super) fn distances_cpu(&self, x_adv: &Tensor, x: &Tensor) -> Result<Option<Vec<f32>>> {
+        let n = x.dim(0)?;
+        let d = x.elem_count() / n.max(1);
+        if x_adv.dims() != x.dims() || d == 0 {
+            return Ok(None);
+        }
+        let norm = self.norm;
+        Ok(with_cpu_f32(&[x_adv, x], |[a, b]| {
+            distance_pass(a, b, d, norm)
+        }))
+    }
+}
+
 /// `data` as a candle variable of `like`'s shape and device.
 fn variable(data: Vec<f32>, like: &Tensor) -> Result<Tensor> {
     Ok(Var::from_vec(data, like.shape(), like.device())?.into_inner())
@@ -162,4 +226,46 @@ fn with_cpu_f32<const N: usize>(
         *slice = &v[start..end];
     }
     Some(f(slices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The host pass against the composed `f64` tensor ops, for every norm, for rows shorter
+    /// than, equal to and longer than the eight accumulators, and row tails.
+    #[test]
+    fn distances_match_the_tensor_ops() -> Result<()> {
+        for d in [1usize, 7, 8, 9, 17, 784] {
+            let n = 3;
+            let x: Vec<f32> = (0..n * d).map(|i| (i * 37 % 101) as f32 / 101.0).collect();
+            let y: Vec<f32> = (0..n * d).map(|i| (i * 53 % 89) as f32 / 89.0).collect();
+            let x = Tensor::from_vec(x, (n, d), &Device::Cpu)?;
+            let y = Tensor::from_vec(y, (n, d), &Device::Cpu)?;
+            let diff = (y.to_dtype(DType::F64)? - x.to_dtype(DType::F64)?)?;
+            for norm in [Norm::Linf, Norm::L2, Norm::L1] {
+                let got = Budget::new(norm, 1.0)?
+                    .distances_cpu(&y, &x)?
+                    .expect("cpu f32");
+                let want: Vec<f64> = match norm {
+                    Norm::Linf => diff.abs()?.max(1)?,
+                    Norm::L2 => diff.sqr()?.sum(1)?.sqrt()?,
+                    Norm::L1 => diff.abs()?.sum(1)?,
+                }
+                .to_vec1()?;
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*g) - w).abs() <= 1e-6 * w.max(1.0),
+                        "{norm} d {d}: {g} vs {w}"
+                    );
+                }
+                if norm == Norm::Linf {
+                    // a maximum is exact in any order
+                    assert!(got.iter().zip(&want).all(|(g, w)| *g == *w as f32));
+                }
+            }
+        }
+        Ok(())
+    }
 }
