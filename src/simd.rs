@@ -46,16 +46,22 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 /// A vector of `n` floats, every one written by `write`, without zeroing them first (for a
-/// pass over a 100k-pixel batch, zeroing is a fifth of its time).
+/// pass over a 100k-pixel batch, zeroing is a fifth of its time). `write` gets exactly `n`
+/// slots and returns how many of them, from the first on, it initialised; the function panics
+/// unless that is all `n`.
 ///
-/// `write` gets exactly `n` slots; its elements are read only after it returns, and the
-/// function panics unless `write` reports that it wrote all `n` (a kernel returns the number
-/// of slots its loop covered).
-pub(crate) fn written(n: usize, write: impl FnOnce(&mut [MaybeUninit<f32>]) -> usize) -> Vec<f32> {
+/// # Safety
+/// `write` must have initialised the first `k` slots when it returns `k` (a kernel that writes
+/// every slot of a `zip` over its output and inputs returns the `zip`'s length).
+pub(crate) unsafe fn written(
+    n: usize,
+    write: impl FnOnce(&mut [MaybeUninit<f32>]) -> usize,
+) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     let covered = write(&mut v.spare_capacity_mut()[..n]);
     assert_eq!(covered, n, "a kernel left slots of its output unwritten");
-    // SAFETY: the capacity is at least `n`, and `write` initialised the first `n` slots.
+    // SAFETY: the capacity is at least `n`, and `write` initialised the first `n` slots (the
+    // caller's promise for the count it returned, checked to be `n`).
     unsafe { v.set_len(n) };
     v
 }

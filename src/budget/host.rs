@@ -84,16 +84,20 @@ impl Budget {
         const BLOCK: usize = 1024;
         let clamp = self.clamp();
         let out = with_cpu_f32(&[x], |[x]| {
-            written(x.len(), |out| {
-                let mut u = [0f32; BLOCK];
-                let mut covered = 0;
-                for (o, x) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
-                    let u = &mut u[..x.len()];
-                    noise.fill_symmetric(self.eps, u);
-                    covered += start_pass(o, x, u, clamp);
-                }
-                covered
-            })
+            // SAFETY: `start_pass` writes every slot of its zip over a block and returns that
+            // zip's length; the blocks of `out` and `x` pair up one to one.
+            unsafe {
+                written(x.len(), |out| {
+                    let mut u = [0f32; BLOCK];
+                    let mut covered = 0;
+                    for (o, x) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+                        let u = &mut u[..x.len()];
+                        noise.fill_symmetric(self.eps, u);
+                        covered += start_pass(o, x, u, clamp);
+                    }
+                    covered
+                })
+            }
         });
         out.map(|v| variable(v, x)).transpose()
     }
@@ -112,7 +116,8 @@ impl Budget {
         }
         let clamp = self.clamp();
         let out = with_cpu_f32(&[x_adv, grad, x], |[a, g, x0]| {
-            written(x0.len(), |out| step_pass(out, a, g, x0, alpha, clamp))
+            // SAFETY: `step_pass` writes every slot of its zip and returns that zip's length.
+            unsafe { written(x0.len(), |out| step_pass(out, a, g, x0, alpha, clamp)) }
         });
         out.map(|v| variable(v, x)).transpose()
     }

@@ -219,7 +219,7 @@ impl Budget {
     /// The noise is drawn on the host, sample by sample and pixel by pixel, from a fast
     /// generator (eight xoshiro256+ streams) seeded by 32 draws from `rng`: the result depends
     /// only on `rng`'s state, never on the device or the thread count. L∞ draws each pixel
-    /// uniformly from `[-ε, ε)` (24-bit resolution), L2 a Gaussian direction and a radius
+    /// uniformly from `[-ε, ε]` (24-bit resolution), L2 a Gaussian direction and a radius
     /// `ε·U^(1/d)`, L1 exponential spacings with random signs.
     ///
     /// ```

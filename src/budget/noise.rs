@@ -51,8 +51,8 @@ impl Noise {
         }
     }
 
-    /// `dst` filled with independent uniform numbers of `[-eps, eps]`: `eps · (2u − 1)` for
-    /// `u` uniform on the 2²⁴ points `k · 2⁻²⁴` of `[0, 1)`. Each advance gives 16 numbers (two
+    /// `dst` filled with independent uniform numbers of `[-eps, eps]`: `2·eps·u − eps` in
+    /// `f32` for `u` uniform on the 2²⁴ points `k · 2⁻²⁴` of `[0, 1)`. Each advance gives 16 numbers (two
     /// per stream, from bits 40–63 and 16–39), taken in order; a tail shorter than 16 takes the
     /// first of them and drops the rest.
     pub(crate) fn fill_symmetric(&mut self, eps: f32, dst: &mut [f32]) {
@@ -171,7 +171,8 @@ mod tests {
     }
 
     /// The (vectorised) fill is the lanes' plain streams, 16 numbers per advance in the
-    /// documented order, for every tail length; values lie in [-eps, eps) on the 2²⁴-point grid.
+    /// documented order, for every tail length; for eps = 1/4 (no rounding) the values lie in
+    /// [-eps, eps) on the 2²⁴-point grid.
     #[test]
     fn fill_takes_the_streams_in_order() {
         let eps = 0.25f32;
