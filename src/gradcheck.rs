@@ -20,6 +20,13 @@
 //! flat background gives equal activations in a max-pool window), where the function has a kink
 //! at `x` itself and no gradient, however correct, matches both one-sided slopes. Cost: one
 //! batched forward pass of 6N samples per direction, one backward.
+//!
+//! A failed draw (jitter, functional, directions) is repeated with fresh ones, up to three draws
+//! in all, and the check fails only when every draw does: a wrong gradient fails every draw,
+//! while a correct one near many kinks can fail one. (MNIST test digits 5250–5251 through the
+//! adversarially trained CNN: autograd equals stock candle's to 2e-6 of the largest entry, yet
+//! the first draw had 3 of 8 directions off by up to 23 %; the second passes.) Passing draws
+//! cost nothing extra.
 
 use candle_core::{DType, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -99,6 +106,7 @@ pub struct GradientCheck {
     directions: usize,
     tolerance: f64,
     seed: u64,
+    draws: usize,
 }
 
 impl Default for GradientCheck {
@@ -108,13 +116,22 @@ impl Default for GradientCheck {
 }
 
 impl GradientCheck {
-    /// Defaults: 8 directions, tolerance 0.05, seed 0.
+    /// Defaults: 8 directions, tolerance 0.05, seed 0, up to 3 draws.
     pub fn new() -> Self {
         Self {
             directions: 8,
             tolerance: 0.05,
             seed: 0,
+            draws: 3,
         }
+    }
+
+    /// Most draws (jitter, functional, directions) before a mismatch is reported: a failed draw
+    /// is repeated with fresh ones, and the check fails only when all of them do; default 3,
+    /// at least 1.
+    pub fn draws(mut self, n: usize) -> Self {
+        self.draws = n.max(1);
+        self
     }
 
     /// Number of directions (one along `sign(∇L)`, the rest random); default 8, at least 1.
@@ -129,7 +146,7 @@ impl GradientCheck {
         self
     }
 
-    /// Seed of the functional and the random directions; default 0.
+    /// Seed of the first draw's jitter, functional and random directions; default 0.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -149,7 +166,23 @@ impl GradientCheck {
                 reason: "must be positive and finite",
             });
         }
-        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut verdict = self.draw(model, x, self.seed)?;
+        for k in 1..self.draws {
+            if !matches!(verdict, GradVerdict::Mismatch { .. }) {
+                break;
+            }
+            // a fresh, reproducible draw: the seed moved by k times the golden-ratio increment
+            let seed = self
+                .seed
+                .wrapping_add((k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            verdict = self.draw(model, x, seed)?;
+        }
+        Ok(verdict)
+    }
+
+    /// One draw of the check from `seed`.
+    fn draw(&self, model: &dyn Classifier, x: &Tensor, seed: u64) -> Result<GradVerdict> {
+        let mut rng = StdRng::seed_from_u64(seed);
         // Exact ties (flat image regions seen through max-pool, ReLU inputs at exactly 0) put x
         // on a kink where no gradient equals both one-sided slopes; a tiny jitter moves it off.
         let jitter: Vec<f32> = (0..x.elem_count())
