@@ -25,8 +25,8 @@
 //! in all, and the check fails only when every draw does: a wrong gradient fails every draw,
 //! while a correct one near many kinks can fail one. (MNIST test digits 5250–5251 through the
 //! adversarially trained CNN: autograd equals stock candle's to 2e-6 of the largest entry, yet
-//! the first draw had 3 of 8 directions off by up to 23 %; the second passes.) Passing draws
-//! cost nothing extra.
+//! the first draw had at least 3 of 8 directions off, the worst by 23 %; a later draw passes.)
+//! Passing draws cost nothing extra.
 
 use candle_core::{DType, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
