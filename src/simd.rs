@@ -1,5 +1,7 @@
-//! Elementwise host loops compiled for the vector units the CPU has.
+//! Elementwise host loops over CPU `f32` data, compiled for the vector units the CPU has.
 //!
+//! [`with_cpu_f32`] lends the data of contiguous CPU `f32` tensors as slices, in place (other
+//! tensors keep their tensor-op path).
 //! The crate is built for baseline x86-64 (SSE2), where an elementwise pass over a batch runs
 //! four lanes wide. [`multiversion!`] compiles one loop body three times — for AVX-512F, for
 //! AVX2 and as written — and picks the widest the CPU reports at run time. The three copies do
@@ -7,6 +9,8 @@
 //! own), so they give the same bits; only the speed differs.
 
 use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 /// `fn name(args) -> ret { body }`, dispatched at run time to a copy of `body` compiled with
 /// AVX-512F or AVX2 enabled where the CPU has them. Arguments must be plain bindings.
@@ -64,4 +68,28 @@ pub(crate) unsafe fn written(
     // caller's promise for the count it returned, checked to be `n`).
     unsafe { v.set_len(n) };
     v
+}
+
+/// `f` on the data of `N` tensors, or `None` unless each is a contiguous `f32` tensor on the CPU.
+pub(crate) fn with_cpu_f32<const N: usize, R>(
+    tensors: &[&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    if tensors
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return None;
+    }
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for ((storage, layout), slice) in guards.iter().zip(&mut slices) {
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return None;
+        };
+        *slice = &v[start..end];
+    }
+    Some(f(slices))
 }

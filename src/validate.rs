@@ -4,6 +4,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::simd::with_cpu_f32;
 
 /// Check that `x` is a non-empty `[N, C, H, W]` `f32` batch of finite pixels inside `[lo, hi]`.
 ///
@@ -55,36 +56,32 @@ pub(crate) fn finite_range(what: &'static str, t: &Tensor) -> Result<(f32, f32)>
 /// index reductions, and with the poison sum three passes cost 40 % of a small model's
 /// gradient). `None` elsewhere: the tensor ops above decide.
 fn host_range(t: &Tensor) -> Option<Option<(f32, f32)>> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
-        return None;
-    };
-    let (start, end) = layout.contiguous_offsets()?;
-    let data = &data[start..end];
-    const LANES: usize = 16;
-    let (mut lo, mut hi, mut poison) = (
-        [f32::INFINITY; LANES],
-        [f32::NEG_INFINITY; LANES],
-        [0f32; LANES],
-    );
-    let mut chunks = data.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for i in 0..LANES {
-            let v = chunk[i];
-            lo[i] = if v < lo[i] { v } else { lo[i] };
-            hi[i] = if v > hi[i] { v } else { hi[i] };
-            // v · 0 is NaN exactly where v is NaN or infinite
-            poison[i] += v * 0.0;
+    with_cpu_f32(&[t], |[data]| {
+        const LANES: usize = 16;
+        let (mut lo, mut hi, mut poison) = (
+            [f32::INFINITY; LANES],
+            [f32::NEG_INFINITY; LANES],
+            [0f32; LANES],
+        );
+        let mut chunks = data.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for i in 0..LANES {
+                let v = chunk[i];
+                lo[i] = if v < lo[i] { v } else { lo[i] };
+                hi[i] = if v > hi[i] { v } else { hi[i] };
+                // v · 0 is NaN exactly where v is NaN or infinite
+                poison[i] += v * 0.0;
+            }
         }
-    }
-    let mut range = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
-    for &v in chunks.remainder() {
-        range = (range.0.min(v), range.1.max(v), range.2 + v * 0.0);
-    }
-    for i in 0..LANES {
-        range = (range.0.min(lo[i]), range.1.max(hi[i]), range.2 + poison[i]);
-    }
-    Some(range.2.is_finite().then_some((range.0, range.1)))
+        let mut range = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
+        for &v in chunks.remainder() {
+            range = (range.0.min(v), range.1.max(v), range.2 + v * 0.0);
+        }
+        for i in 0..LANES {
+            range = (range.0.min(lo[i]), range.1.max(hi[i]), range.2 + poison[i]);
+        }
+        range.2.is_finite().then_some((range.0, range.1))
+    })
 }
 
 #[cfg(test)]

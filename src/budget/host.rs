@@ -12,12 +12,12 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use super::noise::Noise;
 use super::{Budget, Norm};
 use crate::error::Result;
-use crate::simd::{multiversion, written};
+use crate::simd::{multiversion, with_cpu_f32, written};
 
 /// The L∞ projection of one pixel: onto `[x − eps, x + eps] ∩ [lo, hi]`.
 #[derive(Clone, Copy)]
@@ -209,34 +209,10 @@ fn min(a: f32, b: f32) -> f32 {
     }
 }
 
-/// `f` on the data of `N` tensors, or `None` unless each is a contiguous `f32` tensor on the CPU.
-fn with_cpu_f32<const N: usize>(
-    tensors: &[&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> Vec<f32>,
-) -> Option<Vec<f32>> {
-    if tensors
-        .iter()
-        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
-    {
-        return None;
-    }
-    let guards = tensors.map(|t| t.storage_and_layout());
-    let mut slices: [&[f32]; N] = [&[]; N];
-    for ((storage, layout), slice) in guards.iter().zip(&mut slices) {
-        let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
-            (&**storage, layout.contiguous_offsets())
-        else {
-            return None;
-        };
-        *slice = &v[start..end];
-    }
-    Some(f(slices))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// The host pass against the composed `f64` tensor ops, for every norm, for rows shorter
     /// than, equal to and longer than the eight accumulators, and row tails.
