@@ -21,7 +21,7 @@ use crate::simd::{multiversion, with_cpu_f32, written};
 
 /// The L∞ projection of one pixel: onto `[x − eps, x + eps] ∩ [lo, hi]`.
 #[derive(Clone, Copy)]
-pub(super) struct Clamp {
+struct Clamp {
     eps: f32,
     lo: f32,
     hi: f32,
@@ -67,7 +67,7 @@ multiversion! {
 }
 
 impl Budget {
-    pub(super) fn clamp(&self) -> Clamp {
+    fn clamp(&self) -> Clamp {
         Clamp {
             eps: self.eps,
             lo: self.lo,

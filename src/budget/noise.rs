@@ -52,9 +52,9 @@ impl Noise {
     }
 
     /// `dst` filled with independent uniform numbers of `[-eps, eps]`: `2·eps·u − eps` in
-    /// `f32` for `u` uniform on the 2²⁴ points `k · 2⁻²⁴` of `[0, 1)`. Each advance gives 16 numbers (two
-    /// per stream, from bits 40–63 and 16–39), taken in order; a tail shorter than 16 takes the
-    /// first of them and drops the rest.
+    /// `f32` for `u` uniform on the 2²⁴ points `k · 2⁻²⁴` of `[0, 1)`. Each advance gives 16
+    /// numbers (two per stream, from bits 40–63 and 16–39), taken in order; a tail shorter than
+    /// 16 takes the first of them and drops the rest.
     pub(crate) fn fill_symmetric(&mut self, eps: f32, dst: &mut [f32]) {
         fill(&mut self.s, eps, dst);
     }
