@@ -1,4 +1,6 @@
-//! Inputs and attacks shared by the benches, so that their figures measure the same work.
+//! Inputs, attacks and a measurement for the benches.
+
+pub mod ten_gradients;
 
 use candle_core::{Device, Module, Tensor};
 use perturb::data::{load_photo, sample_photo, Fit, SAMPLE_PHOTOS};
