@@ -180,13 +180,7 @@ impl Module for DepthwiseConv2d {
         match &self.fast {
             Some(kernel) if x.device().is_cpu() && x.dtype() == DType::F32 => {
                 let (_, _, h, w) = x.dims4()?;
-                let (pt, pb) = same_padding(h, kernel.k, kernel.stride);
-                let (pl, pr) = same_padding(w, kernel.k, kernel.stride);
-                let op = Kernel {
-                    pad: [pt, pb, pl, pr],
-                    ..kernel.clone()
-                };
-                x.contiguous()?.apply_op1(op)
+                x.contiguous()?.apply_op1(kernel.same(h, w))
             }
             _ => self.forward_stock(x),
         }
@@ -195,7 +189,7 @@ impl Module for DepthwiseConv2d {
 
 /// The CPU kernel for one input size (the padding is part of it).
 #[derive(Debug, Clone)]
-struct Kernel {
+pub(super) struct Kernel {
     /// Filters `[C, K, K]`.
     w: Arc<Vec<f32>>,
     bias: Option<Arc<Vec<f32>>>,
@@ -207,7 +201,76 @@ struct Kernel {
     act: Act,
 }
 
+impl DepthwiseConv2d {
+    /// The fast kernel (padding still to be set by [`Kernel::same`]), if in use.
+    pub(super) fn kernel(&self) -> Option<&Kernel> {
+        self.fast.as_ref()
+    }
+}
+
 impl Kernel {
+    /// The kernel with TensorFlow's "same" padding for an `h × w` input.
+    pub(super) fn same(&self, h: usize, w: usize) -> Self {
+        let (pt, pb) = same_padding(h, self.k, self.stride);
+        let (pl, pr) = same_padding(w, self.k, self.stride);
+        Self {
+            pad: [pt, pb, pl, pr],
+            ..self.clone()
+        }
+    }
+
+    /// The layer on a contiguous batch `x` of `shape`, on host slices.
+    pub(super) fn forward(&self, x: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
+        let (n, h, w, oh, ow) = self.dims(shape)?;
+        if x.len() != n * self.c * h * w {
+            candle_core::bail!("depthwise conv2d: input of the wrong size")
+        }
+        let geo = Phases::new(self, (h, w), (oh, ow));
+        let mut out = vec![0f32; n * self.c * oh * ow];
+        out.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (plane_index, dst)| {
+                let ci = plane_index % self.c;
+                let plane = &x[plane_index * h * w..][..h * w];
+                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
+                let b = self.bias.as_ref().map_or(0.0, |b| b[ci]);
+                geo.forward_plane(plane, filter, b, scratch, dst);
+                self.act.apply(dst);
+            });
+        Ok((out, Shape::from((n, self.c, oh, ow))))
+    }
+
+    /// The input gradient (`[N, C, h, w]`) from the upstream gradient `g` and the layer's
+    /// output `out` (both of `out_shape`), on host slices.
+    pub(super) fn input_grad(
+        &self,
+        g: &[f32],
+        out: &[f32],
+        out_shape: &Shape,
+        (h, w): (usize, usize),
+    ) -> Result<Vec<f32>> {
+        let (n, c, oh, ow) = out_shape.dims4()?;
+        if self.out_hw(h, w) != Some((oh, ow)) || c != self.c {
+            candle_core::bail!("depthwise conv2d grad: gradient shape does not fit the input")
+        }
+        if g.len() != n * c * oh * ow || out.len() != g.len() {
+            candle_core::bail!("depthwise conv2d grad: gradient and output sizes disagree")
+        }
+        let geo = Phases::new(self, (h, w), (oh, ow));
+        let mut gx = vec![0f32; n * c * h * w];
+        gx.par_chunks_mut((h * w).max(1)).enumerate().for_each_init(
+            Vec::new,
+            |scratch, (plane_index, dst)| {
+                let ci = plane_index % c;
+                let gp = &g[plane_index * oh * ow..][..oh * ow];
+                let rp = &out[plane_index * oh * ow..][..oh * ow];
+                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
+                geo.backward_plane((gp, rp), self.act, filter, scratch, dst);
+            },
+        );
+        Ok(gx)
+    }
+
     fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let [pt, pb, pl, pr] = self.pad;
         let (hp, wp) = (h + pt + pb, w + pl + pr);
@@ -524,20 +587,8 @@ impl CustomOp1 for Kernel {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, "depthwise conv2d")?;
-        let (n, h, w, oh, ow) = self.dims(layout.shape())?;
-        let geo = Phases::new(self, (h, w), (oh, ow));
-        let mut out = vec![0f32; n * self.c * oh * ow];
-        out.par_chunks_mut((oh * ow).max(1))
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (plane_index, dst)| {
-                let ci = plane_index % self.c;
-                let plane = &x[plane_index * h * w..][..h * w];
-                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
-                let b = self.bias.as_ref().map_or(0.0, |b| b[ci]);
-                geo.forward_plane(plane, filter, b, scratch, dst);
-                self.act.apply(dst);
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, self.c, oh, ow))))
+        let (out, shape) = self.forward(x, layout.shape())?;
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -575,25 +626,9 @@ impl CustomOp2 for InputGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, r) = grad_and_output((s1, l1), (s2, l2), "depthwise conv2d grad")?;
-        let kn = &self.kernel;
-        let (n, c, oh, ow) = l1.shape().dims4()?;
-        let (h, w) = (self.h, self.w);
-        if kn.out_hw(h, w) != Some((oh, ow)) || c != kn.c {
-            candle_core::bail!("depthwise conv2d grad: gradient shape does not fit the input")
-        }
-        let geo = Phases::new(kn, (h, w), (oh, ow));
-        let mut gx = vec![0f32; n * c * h * w];
-        gx.par_chunks_mut((h * w).max(1)).enumerate().for_each_init(
-            Vec::new,
-            |scratch, (plane_index, dst)| {
-                let ci = plane_index % c;
-                let gp = &g[plane_index * oh * ow..][..oh * ow];
-                let rp = &r[plane_index * oh * ow..][..oh * ow];
-                let filter = &kn.w[ci * kn.k * kn.k..][..kn.k * kn.k];
-                geo.backward_plane((gp, rp), kn.act, filter, scratch, dst);
-            },
-        );
-        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+        let gx = self.kernel.input_grad(g, r, l1.shape(), (self.h, self.w))?;
+        let (n, c, _, _) = l1.shape().dims4()?;
+        Ok((CpuStorage::F32(gx), Shape::from((n, c, self.h, self.w))))
     }
 }
 

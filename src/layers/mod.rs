@@ -383,13 +383,26 @@ pub(crate) enum ChainLayer<'a> {
     MaxPool(usize, usize),
     /// A fully connected layer with its fused activation (on `[N, …]`, flattened).
     Linear(&'a Linear),
+    /// A depthwise convolution with its fused activation.
+    Depthwise(&'a DepthwiseConv2d),
 }
 
-/// Apply `layers` in turn. On CPU `f32` input with every convolution on its fast path the run is
-/// one custom op: one autograd node instead of one per layer, and a backward that chains the
-/// layers' input-gradient kernels without candle's per-node zero tensors and additions (see
+/// Apply `layers` in turn. On CPU `f32` input with every layer on its fast path the run is one
+/// custom op: one autograd node instead of one per layer, and a backward that chains the layers'
+/// input-gradient kernels without candle's per-node zero tensors and additions (see
 /// `chain_cpu.rs`). Values and gradients are those of the layers applied one by one.
 pub(crate) fn forward_chain(x: &Tensor, layers: &[ChainLayer]) -> candle_core::Result<Tensor> {
+    chain(x, layers, false)
+}
+
+/// `x` plus [`forward_chain`] of `x`: a residual block as one autograd node, its inner feature
+/// maps and their gradients never candle tensors (EfficientNet's expanded maps are six times
+/// as wide as the block's input).
+pub(crate) fn forward_residual(x: &Tensor, layers: &[ChainLayer]) -> candle_core::Result<Tensor> {
+    chain(x, layers, true)
+}
+
+fn chain(x: &Tensor, layers: &[ChainLayer], residual: bool) -> candle_core::Result<Tensor> {
     let stages: Option<Vec<chain_cpu::Stage>> = layers
         .iter()
         .map(|layer| match layer {
@@ -399,17 +412,137 @@ pub(crate) fn forward_chain(x: &Tensor, layers: &[ChainLayer]) -> candle_core::R
                 stride: *stride,
             }),
             ChainLayer::Linear(fc) => fc.fast.clone().map(chain_cpu::Stage::Linear),
+            ChainLayer::Depthwise(dw) => dw.kernel().cloned().map(chain_cpu::Stage::Depthwise),
         })
         .collect();
     match stages {
         Some(stages) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-            let op = chain_cpu::Chain::new(stages, x.track_op());
+            let op = chain_cpu::Chain::new(stages, residual, x.track_op());
             x.contiguous()?.apply_op1(op)
         }
-        _ => layers.iter().try_fold(x.clone(), |h, layer| match layer {
-            ChainLayer::Conv(conv) => conv.forward(&h),
-            ChainLayer::MaxPool(kernel, stride) => max_pool2d(&h, *kernel, *stride),
-            ChainLayer::Linear(fc) => fc.forward(&h),
-        }),
+        _ => {
+            let out = layers.iter().try_fold(x.clone(), |h, layer| match layer {
+                ChainLayer::Conv(conv) => conv.forward(&h),
+                ChainLayer::MaxPool(kernel, stride) => max_pool2d(&h, *kernel, *stride),
+                ChainLayer::Linear(fc) => fc.forward(&h),
+                ChainLayer::Depthwise(dw) => dw.forward(&h),
+            })?;
+            if residual {
+                out + x
+            } else {
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Deterministic values spread over `[-scale, scale]`.
+    fn spread(len: usize, salt: usize, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * scale)
+            .collect()
+    }
+
+    fn tensor(dims: &[usize], salt: usize, scale: f32, var: bool) -> Tensor {
+        let t = Tensor::from_vec(
+            spread(dims.iter().product(), salt, scale),
+            dims,
+            &Device::Cpu,
+        )
+        .expect("tensor");
+        if var {
+            Var::from_tensor(&t).expect("var").as_tensor().clone()
+        } else {
+            t
+        }
+    }
+
+    /// An EfficientNet block (1×1 expansion, depthwise, 1×1 projection, ReLU6 after each so
+    /// that every stage's mask matters) with constant weights, or the same weights as variables
+    /// (every layer composed of candle ops, stock autograd).
+    fn block(
+        (c, e, k, stride): (usize, usize, usize, usize),
+        var: bool,
+    ) -> (Conv2d, DepthwiseConv2d, Conv2d) {
+        let cfg = candle_nn::Conv2dConfig::default();
+        let expand = Conv2d::new(
+            tensor(&[e, c, 1, 1], 1, 1.5, var),
+            Some(tensor(&[e], 2, 1.0, var)),
+            cfg,
+        )
+        .expect("expand")
+        .with_relu6();
+        let depthwise = DepthwiseConv2d::new(
+            tensor(&[e, 1, k, k], 3, 1.0, var),
+            Some(tensor(&[e], 4, 0.5, var)),
+            stride,
+        )
+        .expect("depthwise")
+        .with_relu6();
+        let project = Conv2d::new(
+            tensor(&[c, e, 1, 1], 5, 1.0, var),
+            Some(tensor(&[c], 6, 0.5, var)),
+            cfg,
+        )
+        .expect("project")
+        .with_relu6();
+        assert_eq!(expand.is_fast() && depthwise.is_fast(), !var);
+        (expand, depthwise, project)
+    }
+
+    /// A block as one chain node (with and without the residual sum, a batch run sample by
+    /// sample and a single sample run layer by layer, strides 1 and 2) gives the values and input
+    /// gradients of its layers applied one by one with candle's autograd.
+    #[test]
+    fn chained_blocks_match_their_layers_one_by_one() {
+        for (n, stride, residual) in [(3, 1, true), (1, 1, true), (3, 2, false), (1, 1, false)] {
+            let (c, e, k, h, w) = (4, 12, 3, 9, 7);
+            let x = Var::from_tensor(&(tensor(&[n, c, h, w], 7, 2.0, false) + 2.0).expect("x"))
+                .expect("var");
+            let probe_dims = [n, c, h.div_ceil(stride), w.div_ceil(stride)];
+            let probe = tensor(&probe_dims, 8, 1.0, false);
+            let run = |var: bool| {
+                let (expand, depthwise, project) = block((c, e, k, stride), var);
+                let layers = [
+                    ChainLayer::Conv(&expand),
+                    ChainLayer::Depthwise(&depthwise),
+                    ChainLayer::Conv(&project),
+                ];
+                let y = if residual {
+                    forward_residual(x.as_tensor(), &layers)
+                } else {
+                    forward_chain(x.as_tensor(), &layers)
+                }
+                .expect("forward");
+                let grads = (&y * &probe)
+                    .and_then(|t| t.sum_all())
+                    .and_then(|t| t.backward())
+                    .expect("backward");
+                let g = grads.get(x.as_tensor()).expect("input gradient").clone();
+                (y, g)
+            };
+            let ((yf, gf), (ys, gs)) = (run(false), run(true));
+            assert_eq!(yf.dims(), probe_dims);
+            let diff = |a: &Tensor, b: &Tensor| -> (f32, f32) {
+                let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all());
+                let m = b.abs().and_then(|m| m.max_all());
+                (
+                    d.and_then(|d| d.to_scalar()).expect("diff"),
+                    m.and_then(|m| m.to_scalar()).expect("max"),
+                )
+            };
+            let ((dy, my), (dg, mg)) = (diff(&yf, &ys), diff(&gf, &gs));
+            let case = format!("batch {n}, stride {stride}, residual {residual}");
+            assert!(my > 1.0 && dy <= 1e-5 * my, "{case}: values {dy} of {my}");
+            assert!(
+                mg > 0.1 && dg <= 1e-5 * mg,
+                "{case}: gradients {dg} of {mg}"
+            );
+        }
     }
 }
