@@ -137,7 +137,8 @@ pub(super) struct Chain {
     stages: Vec<Stage>,
     residual: bool,
     keep: bool,
-    /// The input of every stage and the final output, from the last forward pass.
+    /// The input of every stage and the last stage's output (before any residual sum), from
+    /// the last forward pass.
     saved: Mutex<Vec<(Vec<f32>, Shape)>>,
 }
 
