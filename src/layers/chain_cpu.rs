@@ -95,10 +95,7 @@ impl Stage {
             }
             Stage::Pool { kernel, stride } => max_pool_cpu::forward(x, shape, *kernel, *stride),
             Stage::Linear(fc) => fc.forward(x, shape),
-            Stage::Depthwise(k) => {
-                let (_, _, h, w) = shape.dims4()?;
-                k.same(h, w).forward(x, shape)
-            }
+            Stage::Depthwise(k) => k.forward(x, shape),
         }
     }
 
@@ -124,7 +121,7 @@ impl Stage {
             Stage::Linear(fc) => fc.input_grad(g, out),
             Stage::Depthwise(k) => {
                 let (_, _, h, w) = x_shape.dims4()?;
-                k.same(h, w).input_grad(g, out, out_shape, (h, w))
+                k.input_grad(g, out, out_shape, (h, w))
             }
         }
     }

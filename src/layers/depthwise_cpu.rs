@@ -89,7 +89,6 @@ impl DepthwiseConv2d {
                 c,
                 k: kh,
                 stride,
-                pad: [0; 4],
                 act: Act::Linear,
             })
         } else {
@@ -179,15 +178,14 @@ impl Module for DepthwiseConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.fast {
             Some(kernel) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                let (_, _, h, w) = x.dims4()?;
-                x.contiguous()?.apply_op1(kernel.same(h, w))
+                x.contiguous()?.apply_op1(kernel.clone())
             }
             _ => self.forward_stock(x),
         }
     }
 }
 
-/// The CPU kernel for one input size (the padding is part of it).
+/// The CPU kernel, for any input size (the padding follows from it: TensorFlow's "same").
 #[derive(Debug, Clone)]
 pub(super) struct Kernel {
     /// Filters `[C, K, K]`.
@@ -196,27 +194,22 @@ pub(super) struct Kernel {
     c: usize,
     k: usize,
     stride: usize,
-    /// Zero padding: top, bottom, left, right.
-    pad: [usize; 4],
     act: Act,
 }
 
 impl DepthwiseConv2d {
-    /// The fast kernel (padding still to be set by [`Kernel::same`]), if in use.
+    /// The fast kernel, if in use.
     pub(super) fn kernel(&self) -> Option<&Kernel> {
         self.fast.as_ref()
     }
 }
 
 impl Kernel {
-    /// The kernel with TensorFlow's "same" padding for an `h × w` input.
-    pub(super) fn same(&self, h: usize, w: usize) -> Self {
+    /// Zero padding of an `h × w` input (TensorFlow's "same"): top, bottom, left, right.
+    fn pad(&self, h: usize, w: usize) -> [usize; 4] {
         let (pt, pb) = same_padding(h, self.k, self.stride);
         let (pl, pr) = same_padding(w, self.k, self.stride);
-        Self {
-            pad: [pt, pb, pl, pr],
-            ..self.clone()
-        }
+        [pt, pb, pl, pr]
     }
 
     /// The layer on a contiguous batch `x` of `shape`, on host slices.
@@ -272,7 +265,7 @@ impl Kernel {
     }
 
     fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let [pt, pb, pl, pr] = self.pad;
+        let [pt, pb, pl, pr] = self.pad(h, w);
         let (hp, wp) = (h + pt + pb, w + pl + pr);
         (hp >= self.k && wp >= self.k).then(|| {
             (
@@ -323,11 +316,12 @@ impl Phases {
     fn new(kernel: &Kernel, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Self {
         let (k, s) = (kernel.k, kernel.stride);
         let reach = (k - 1) / s;
+        let [pt, _, pl, _] = kernel.pad(h, w);
         Self {
             k,
             s,
-            pt: kernel.pad[0],
-            pl: kernel.pad[2],
+            pt,
+            pl,
             h,
             w,
             oh,
