@@ -24,7 +24,7 @@ use std::time::Duration;
 use candle_core::{Device, Module, Tensor, Var};
 use common::ten_gradients::{self, TenGradients};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use perturb::attack::{PatchAttack, Transforms};
+use perturb::attack::{PatchTrainer, Transforms};
 use perturb::data::Mnist;
 use perturb::{loss_and_grad, zoo, Attack, Budget, Fgsm, Goal, Loss, Pgd};
 
@@ -129,7 +129,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("mnist-cnn/patch");
     g.sample_size(10);
     let train = images.narrow(0, 0, 256).expect("train");
-    let patch = PatchAttack::new(0, 0.154)
+    let patch = PatchTrainer::new(0, 0.154)
         .steps(1)
         .batch_size(32)
         .transforms(Transforms {

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use perturb::attack::{apply_patch, PatchAttack, Placement, Region, Transforms};
+use perturb::attack::{apply_patch, PatchTrainer, Placement, Region, Transforms};
 use perturb::data::Mnist;
 use perturb::report::{image_grid, GridRow};
 use perturb::zoo;
@@ -140,7 +140,7 @@ fn main() -> Result<()> {
     let mut points = Vec::new();
     for &target in &targets {
         for &area in &areas {
-            let attack = PatchAttack::new(target, area)
+            let attack = PatchTrainer::new(target, area)
                 .steps(steps)
                 .batch_size(batch)
                 .optimizer(perturb::attack::PatchOptimizer::Adam { lr })
@@ -208,7 +208,7 @@ fn main() -> Result<()> {
         let (side, target) = (12usize, 0u32);
         let top = (28 - side) / 2;
         let area = (side * side) as f32 / 784.0;
-        let attack = PatchAttack::new(target, area)
+        let attack = PatchTrainer::new(target, area)
             .steps(300.min(steps.max(1)))
             .batch_size(batch)
             .optimizer(perturb::attack::PatchOptimizer::Adam { lr })

@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::{imageops, RgbImage};
-use perturb::attack::{apply_patch, PatchAttack, PatchOptimizer, Transforms};
+use perturb::attack::{apply_patch, PatchOptimizer, PatchTrainer, Transforms};
 use perturb::data::{sample_photo, SAMPLE_PHOTOS};
 use perturb::report::{image_grid, GridRow};
 use perturb::zoo::{self, class_index, imagenet_classes};
@@ -94,7 +94,7 @@ fn main() -> Result<()> {
         &dev,
     )?;
 
-    let attack = PatchAttack::new(target, area)
+    let attack = PatchTrainer::new(target, area)
         .steps(steps)
         .batch_size(batch)
         .optimizer(PatchOptimizer::Adam { lr })

@@ -141,6 +141,23 @@ pub enum Error {
         /// The names that exist, comma-separated.
         known: String,
     },
+    /// An attack name that the [registry](crate::attack::Registry) does not know.
+    #[error("unknown attack {name:?}; known attacks: {known}")]
+    UnknownAttack {
+        /// The requested name.
+        name: String,
+        /// The names that exist, comma-separated.
+        known: String,
+    },
+    /// An attack specification (registry parameters, a spec file) that does not describe a valid
+    /// attack: an unknown parameter, a value of the wrong type, a name taken twice.
+    #[error("attack spec {attack:?}: {reason}")]
+    AttackSpec {
+        /// The attack named by the spec (or the file it came from).
+        attack: String,
+        /// What is wrong, naming the parameter.
+        reason: String,
+    },
     /// A class name that the model's label set does not hold, or holds more than once.
     #[error("class {name:?}: {reason}")]
     UnknownClass {

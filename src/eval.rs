@@ -1,20 +1,22 @@
-//! Running a classifier or an attack over a data set in batches: single runs with a
-//! [`Report`], ε sweeps with worst-case curves, and [`assert_robust`] for test suites.
+//! THE path that runs attacks over data: the [`Evaluator`] attacks a labelled data set in
+//! batches and counts (single runs with a [`Report`], ε sweeps with worst-case curves);
+//! [`assert_robust`], the CLI's `gate`, [`count_robust`] and [`predict`] are thin over it.
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use candle_core::Tensor;
 
-use crate::attack::Attack;
 use crate::data::batches;
 use crate::error::{Error, Result};
-use crate::goal::Goal;
-use crate::metrics::{
-    masking_warnings, ratio, worst_case, AttackInfo, NormStats, Outcome, Report, Sweep,
-    SCHEMA_VERSION,
-};
+use crate::goal::{class_indices, Goal};
+use crate::metrics::{ratio, AttackInfo, NormStats, Outcome, Report, SCHEMA_VERSION};
 use crate::model::{checked_logits, predictions, Classifier};
+use crate::Attack;
+
+mod progress;
+mod sweep;
+
+pub use progress::Progress;
 
 /// Predicted class of every sample of `images`, in batches of `batch_size`.
 ///
@@ -29,33 +31,26 @@ pub fn predict(model: &dyn Classifier, images: &Tensor, batch_size: usize) -> Re
     Ok(out)
 }
 
-/// Number of samples whose prediction equals its `u32` label.
+/// Number of samples whose prediction equals its label (`u32`, `i64` or `u8` `[N]`).
 ///
 /// # Errors
-/// As [`predict`]; labels that are not `u32` `[N]`.
+/// As [`predict`]; labels of another shape or dtype.
 pub fn count_correct(
     model: &dyn Classifier,
     images: &Tensor,
     labels: &Tensor,
     batch_size: usize,
 ) -> Result<usize> {
-    let pred = predict(model, images, batch_size)?;
-    let truth = labels.to_vec1::<u32>()?;
-    if truth.len() != pred.len() {
-        return Err(Error::ShapeMismatch {
-            what: "labels",
-            expected: format!("[{}]", pred.len()),
-            got: labels.dims().to_vec(),
-        });
-    }
-    Ok(pred.iter().zip(&truth).filter(|(p, t)| p == t).count())
+    let eval = Evaluator::new(model, images, labels)?.batch_size(batch_size);
+    eval.clean_correct()
 }
 
-/// Number of samples an untargeted `attack` fails to fool, in batches of `batch_size`: the
-/// robust accuracy's numerator (misclassified clean samples count as fooled).
+/// Number of samples an untargeted `attack` fails to fool, in batches of `batch_size`, attacking
+/// every sample (misclassified clean samples count as fooled unless the attack moves them to
+/// their label): an [`Evaluator`] with [`Attacked::All`].
 ///
 /// # Errors
-/// As [`predict`], plus the attack's errors.
+/// As [`Evaluator::run`].
 pub fn count_robust(
     model: &dyn Classifier,
     attack: &dyn Attack,
@@ -63,24 +58,34 @@ pub fn count_robust(
     labels: &Tensor,
     batch_size: usize,
 ) -> Result<usize> {
-    let mut robust = 0;
-    for r in batches(images.dim(0)?, batch_size)? {
-        let x = images.narrow(0, r.start, r.len())?;
-        let y = labels.narrow(0, r.start, r.len())?;
-        let adv = attack.run(model, &x, &Goal::untargeted(&y))?;
-        robust += adv.success.iter().filter(|s| !**s).count();
-    }
-    Ok(robust)
+    let run = Evaluator::new(model, images, labels)?
+        .batch_size(batch_size)
+        .attacked(Attacked::All)
+        .run(attack, None)?;
+    Ok(run.outcome.success.iter().filter(|s| !**s).count())
 }
+
+/// A progress callback ([`Evaluator::on_progress`]).
+type ProgressFn<'a> = Box<dyn Fn(Progress<'_>) + 'a>;
 
 /// Default number of samples per batch of an [`Evaluator`].
 pub const DEFAULT_BATCH_SIZE: usize = 250;
 
+/// Which samples an [`Evaluator`] attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attacked {
+    /// Those the model classifies correctly when clean (RobustBench's convention); the others
+    /// count as not robust and keep their clean input.
+    #[default]
+    CorrectlyClassified,
+    /// Every sample (the attack's success on misclassified samples is recorded too).
+    All,
+}
+
 /// Runs attacks over a labelled data set in batches and reports robust accuracy.
 ///
-/// Only samples the model classifies correctly when clean are attacked; the others count as not
-/// robust and keep their clean input. With `progress(true)` an indicatif bar is drawn on stderr
-/// (indicatif hides it when stderr is not a terminal).
+/// Labels are `u32`, `i64` or `u8` `[N]`, as for [`Goal`]. Progress goes to an optional
+/// callback ([`on_progress`](Evaluator::on_progress)); the library draws nothing itself.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -88,7 +93,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 250;
 /// use perturb::{Budget, Pgd};
 /// let model = |x: &Tensor| x.flatten_from(1); // logits = the two pixels
 /// let x = Tensor::new(&[[[[0.2f32, 0.6]]], [[[0.0, 1.0]]], [[[0.9, 0.1]]]], &Device::Cpu)?;
-/// let y = Tensor::new(&[1u32, 1, 1], &Device::Cpu)?;
+/// let y = Tensor::new(&[1i64, 1, 1], &Device::Cpu)?;
 /// let eval = Evaluator::new(&model, &x, &y)?.model_name("two-pixels");
 /// let run = eval.run(&Pgd::new(Budget::linf(0.3)?).seed(1), None)?;
 /// // the third sample is already wrong; the first flips; the second holds
@@ -103,7 +108,8 @@ pub struct Evaluator<'a> {
     model_name: String,
     data_name: String,
     batch_size: usize,
-    progress: bool,
+    attacked: Attacked,
+    progress: Option<ProgressFn<'a>>,
     /// Clean predictions, computed once and shared by every run and sweep point.
     clean: std::cell::OnceCell<Vec<u32>>,
 }
@@ -120,34 +126,34 @@ pub struct Evaluation {
 }
 
 impl<'a> Evaluator<'a> {
-    /// Evaluate `model` on `images` (`[N, C, H, W]` f32) with `u32` `labels` `[N]`.
+    /// Evaluate `model` on `images` (`[N, C, H, W]` f32) with `labels` `[N]` (`u32`, `i64`, `u8`).
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] or [`Error::DTypeMismatch`] for labels that are not `u32 [N]`.
+    /// [`Error::ShapeMismatch`] or [`Error::DTypeMismatch`] for labels that are not `[N]` of
+    /// those dtypes; [`Error::LabelOutOfRange`] for a negative label.
     pub fn new(model: &'a dyn Classifier, images: &'a Tensor, labels: &Tensor) -> Result<Self> {
         let n = images.dims().first().copied().unwrap_or(0);
-        if labels.dtype() != DType::U32 {
-            return Err(Error::DTypeMismatch {
-                what: "labels",
-                expected: "u32",
-                got: labels.dtype(),
-            });
-        }
-        if labels.dims() != [n] {
-            return Err(Error::ShapeMismatch {
-                what: "labels",
-                expected: format!("[{n}]"),
-                got: labels.dims().to_vec(),
-            });
-        }
+        let labels = class_indices("labels", labels, n)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, class)| {
+                u32::try_from(class).map_err(|_| Error::LabelOutOfRange {
+                    what: "labels",
+                    index,
+                    class,
+                    classes: u32::MAX as usize,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             model,
             images,
-            labels: labels.to_vec1()?,
+            labels,
             model_name: "model".into(),
             data_name: format!("data[0..{n}]"),
             batch_size: DEFAULT_BATCH_SIZE,
-            progress: false,
+            attacked: Attacked::default(),
+            progress: None,
             clean: std::cell::OnceCell::new(),
         })
     }
@@ -170,9 +176,15 @@ impl<'a> Evaluator<'a> {
         self
     }
 
-    /// Draw a progress bar on stderr (default off).
-    pub fn progress(mut self, on: bool) -> Self {
-        self.progress = on;
+    /// Which samples are attacked (default [`Attacked::CorrectlyClassified`]).
+    pub fn attacked(mut self, attacked: Attacked) -> Self {
+        self.attacked = attacked;
+        self
+    }
+
+    /// Call `f` as batches finish (the CLI draws a progress bar with it).
+    pub fn on_progress(mut self, f: impl Fn(Progress<'_>) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
         self
     }
 
@@ -189,13 +201,27 @@ impl<'a> Evaluator<'a> {
         )
     }
 
+    /// Number of samples the model classifies correctly when clean.
+    ///
+    /// # Errors
+    /// As [`predict`].
+    pub fn clean_correct(&self) -> Result<usize> {
+        let clean = self.clean_predictions()?;
+        Ok(clean
+            .iter()
+            .zip(&self.labels)
+            .filter(|(p, l)| p == l)
+            .count())
+    }
+
     /// Run `attack` over the data, toward `target` when given (every label must differ from it).
     ///
     /// # Errors
     /// The attack's errors (bad inputs, parameters, a failing gradient check, a target equal to
     /// a label), a model whose output is not `[N, K]`, a zero batch size.
     pub fn run(&self, attack: &dyn Attack, target: Option<u32>) -> Result<Evaluation> {
-        self.evaluate(attack, attack.budget().eps(), target)
+        let eps = attack.threat().budget().map(|b| b.eps());
+        self.evaluate(Some(attack), eps, target)
     }
 
     /// The model's predictions on the clean data (computed on first use).
@@ -207,26 +233,37 @@ impl<'a> Evaluator<'a> {
         Ok(self.clean.get_or_init(|| p))
     }
 
-    /// Run `attack` at radius `eps`; 0 runs no attack (the clean point of a curve).
-    fn evaluate(&self, attack: &dyn Attack, eps: f32, target: Option<u32>) -> Result<Evaluation> {
+    /// Run `attack` (none: the clean point of a curve) at radius `eps` (none: no budget).
+    fn evaluate(
+        &self,
+        attack: Option<&dyn Attack>,
+        eps: Option<f32>,
+        target: Option<u32>,
+    ) -> Result<Evaluation> {
         let start = Instant::now();
         let n = self.labels.len();
-        let bar = self.bar(n, &format!("{} eps {eps}", attack.name()));
+        let label = attack.map_or("clean".to_string(), |a| match eps {
+            Some(e) => format!("{} eps {e}", a.name()),
+            None => a.name().to_string(),
+        });
+        self.report_progress(&label, 0, n);
         let mut out = Outcome::default();
         let mut x_adv = Vec::new();
-        let mut gradient_evals = 0u64;
+        let (mut gradient_evals, mut forward_evals) = (0u64, 0u64);
         for r in batches(n, self.batch_size)? {
             let x = self.images.narrow(0, r.start, r.len())?;
             let labels = &self.labels[r.clone()];
             let clean = self.clean_predictions()?[r.clone()].to_vec();
             let idx: Vec<u32> = (0..r.len() as u32)
-                .filter(|&i| clean[i as usize] == labels[i as usize])
+                .filter(|&i| {
+                    self.attacked == Attacked::All || clean[i as usize] == labels[i as usize]
+                })
                 .collect();
             let mut adv_pred = clean.clone();
             let (mut success, mut norms) = (vec![false; r.len()], vec![0f32; r.len()]);
             let mut attacked = vec![false; r.len()];
             let mut batch_adv = x.clone();
-            if !idx.is_empty() && eps > 0.0 {
+            if let (false, Some(attack)) = (idx.is_empty(), attack) {
                 let dev = x.device();
                 let idx_t = Tensor::new(idx.as_slice(), dev)?;
                 let xi = x.index_select(&idx_t, 0)?;
@@ -238,6 +275,7 @@ impl<'a> Evaluator<'a> {
                 };
                 let adv = attack.run(self.model, &xi, &goal)?;
                 gradient_evals += adv.gradient_evals as u64;
+                forward_evals += adv.forward_evals as u64;
                 // Rows of [x; adv.x_adv]: clean rows stay, attacked rows are copied exactly.
                 let mut rows: Vec<u32> = (0..r.len() as u32).collect();
                 for (k, &i) in idx.iter().enumerate() {
@@ -258,16 +296,25 @@ impl<'a> Evaluator<'a> {
             out.norms.extend(norms);
             out.attacked.extend(attacked);
             x_adv.push(batch_adv);
-            bar.inc(r.len() as u64);
+            self.report_progress(&label, r.end, n);
         }
-        bar.finish_and_clear();
         let x_adv = if x_adv.is_empty() {
             self.images.clone()
         } else {
             Tensor::cat(&x_adv, 0)?
         };
         let (clean_correct, robust_correct, successes) = out.counts();
-        let mut info = AttackInfo::of(attack);
+        let attacked_count = out.attacked.iter().filter(|a| **a).count();
+        let mut info = match attack {
+            Some(a) => AttackInfo::of(a),
+            None => AttackInfo {
+                name: "none".into(),
+                norm: None,
+                eps: None,
+                target: None,
+                params: serde_json::json!({}),
+            },
+        };
         info.eps = eps;
         info.target = target;
         let seed = info
@@ -288,9 +335,10 @@ impl<'a> Evaluator<'a> {
             successes,
             clean_accuracy: ratio(clean_correct, n),
             robust_accuracy: ratio(robust_correct, n),
-            attack_success_rate: ratio(successes, clean_correct),
+            attack_success_rate: ratio(successes, attacked_count),
             perturbation: NormStats::of(&out.attacked_norms()),
             gradient_evals,
+            forward_evals,
             wall_time_s: start.elapsed().as_secs_f64(),
             warnings: Vec::new(),
         };
@@ -301,63 +349,10 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    /// Robust accuracy of every attack at every ε (ascending; 0 is the clean point), the worst
-    /// case over attacks per ε, and gradient-masking warnings ([`masking_warnings`]). Each
-    /// attack runs with its parameters and the budget's radius replaced ([`Attack::at_eps`]).
-    ///
-    /// # Errors
-    /// [`Error::InvalidEpsilon`] for a negative or non-finite ε, an empty ε list or attack list
-    /// ([`Error::InvalidParameter`]), and the errors of [`Evaluator::run`].
-    pub fn sweep(&self, attacks: &[&dyn Attack], eps: &[f32]) -> Result<Sweep> {
-        if attacks.is_empty() || eps.is_empty() {
-            return Err(Error::InvalidParameter {
-                name: if attacks.is_empty() { "attacks" } else { "eps" },
-                value: "[]".into(),
-                reason: "needs at least one value",
-            });
+    fn report_progress(&self, label: &str, done: usize, total: usize) {
+        if let Some(f) = &self.progress {
+            f(Progress { label, done, total });
         }
-        if let Some(&bad) = eps.iter().find(|e| !(e.is_finite() && **e >= 0.0)) {
-            return Err(Error::InvalidEpsilon(bad));
-        }
-        let mut eps = eps.to_vec();
-        eps.sort_by(f32::total_cmp);
-        eps.dedup();
-        let mut reports = Vec::new();
-        let mut robust = Vec::new();
-        for attack in attacks {
-            let mut per_eps = Vec::new();
-            for &e in &eps {
-                let run = if e == 0.0 {
-                    self.evaluate(*attack, 0.0, None)?
-                } else {
-                    self.evaluate(attack.at_eps(e)?.as_ref(), e, None)?
-                };
-                per_eps.push(run.outcome.robust());
-                reports.push(run.report);
-            }
-            robust.push(per_eps);
-        }
-        let warnings = masking_warnings(&reports, self.max_class_share());
-        Ok(Sweep {
-            schema_version: SCHEMA_VERSION,
-            model: self.model_name.clone(),
-            worst_case: worst_case(&eps, &robust),
-            reports,
-            warnings,
-        })
-    }
-
-    fn bar(&self, n: usize, message: &str) -> ProgressBar {
-        if !self.progress {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(n as u64).with_message(message.to_string());
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} samples, eta {eta}")
-        {
-            bar.set_style(style);
-        }
-        bar
     }
 }
 
@@ -388,25 +383,17 @@ pub fn assert_robust(
     attack: &dyn Attack,
     min_accuracy: f64,
 ) -> Result<Report> {
-    if !(0.0..=1.0).contains(&min_accuracy) {
-        return Err(Error::InvalidParameter {
-            name: "min_accuracy",
-            value: min_accuracy.to_string(),
-            reason: "must lie in [0, 1]",
-        });
-    }
+    // a bad threshold fails before any compute
+    Report::check_threshold(min_accuracy)?;
     let report = Evaluator::new(model, images, labels)?
         .run(attack, None)?
         .report;
-    if report.robust_accuracy < min_accuracy {
+    if !report.meets(min_accuracy)? {
         return Err(Error::NotRobust {
             robust_accuracy: report.robust_accuracy,
             robust: report.robust_correct,
             samples: report.samples,
-            attack: format!(
-                "{} ({}, eps {})",
-                report.attack.name, report.attack.norm, report.attack.eps
-            ),
+            attack: report.attack.describe(),
             required: min_accuracy,
         });
     }

@@ -75,9 +75,23 @@ impl Goal {
 
     /// Check the goal's shapes and dtypes against a batch of `batch` samples and bring its
     /// classes to the host and to `device` as `u32`. Whether the classes exist depends on the
-    /// model: [`Resolved::check_classes`] tests them against its first logits, so that no
+    /// model: [`ResolvedGoal::check_classes`] tests them against its first logits, so that no
     /// forward pass is spent only to learn the class count.
-    pub(crate) fn resolve(&self, batch: usize, device: &Device) -> Result<Resolved> {
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use perturb::Goal;
+    /// let goal = Goal::untargeted(&Tensor::new(&[3i64, 1], &Device::Cpu)?).resolve(2, &Device::Cpu)?;
+    /// assert_eq!(goal.classes(), [3, 1]);
+    /// assert!(goal.check_classes(4).is_ok() && goal.check_classes(3).is_err());
+    /// assert!(goal.reached(0, 2) && !goal.reached(1, 1));
+    /// # Ok::<(), perturb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] unless the classes are `[batch]`, [`Error::DTypeMismatch`] unless
+    /// they are `u32`, `i64` or `u8`.
+    pub fn resolve(&self, batch: usize, device: &Device) -> Result<ResolvedGoal> {
         let (what, class_tensor) = match self {
             Goal::Untargeted { labels } => ("labels", labels),
             Goal::Targeted { targets, .. } => ("targets", targets),
@@ -98,7 +112,7 @@ impl Goal {
             .map(|&c| u32::try_from(c).unwrap_or(u32::MAX))
             .collect();
         let tensor = Tensor::from_slice(&host, batch, device)?;
-        Ok(Resolved {
+        Ok(ResolvedGoal {
             classes: host,
             tensor,
             targeted: self.is_targeted(),
@@ -108,21 +122,52 @@ impl Goal {
 }
 
 /// A goal checked against a batch: class indices on the host and on the device. Before its
-/// classes are used on a model's logits, [`check_classes`](Resolved::check_classes) must accept
+/// classes are used on a model's logits, [`check_classes`](ResolvedGoal::check_classes) must accept
 /// that model's class count.
+///
+/// Attacks written outside this crate get one from [`Goal::resolve`] (or from
+/// [`Batch::prepare`](crate::attack::Batch::prepare), which also checks the input).
 #[derive(Debug, Clone)]
-pub(crate) struct Resolved {
-    pub classes: Vec<u32>,
-    pub tensor: Tensor,
-    pub targeted: bool,
+pub struct ResolvedGoal {
+    pub(crate) classes: Vec<u32>,
+    pub(crate) tensor: Tensor,
+    pub(crate) targeted: bool,
     /// The class indices as given (the goal's, then the labels of a targeted goal when known),
     /// for the whole batch: a selection of rows keeps them, so errors name the caller's index.
     given: Arc<Vec<(&'static str, Vec<i64>)>>,
 }
 
-impl Resolved {
+impl ResolvedGoal {
+    /// The class per sample that the loss refers to (labels, or targets when targeted).
+    pub fn classes(&self) -> &[u32] {
+        &self.classes
+    }
+
+    /// The same classes as a `u32` tensor `[N]` on the batch's device.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// Whether success means reaching the target class.
+    pub fn is_targeted(&self) -> bool {
+        self.targeted
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether the goal covers no sample.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
     /// Error unless every class index of the goal is below `classes`, the model's class count,
     /// and no target equals its known label.
+    ///
+    /// # Errors
+    /// [`Error::LabelOutOfRange`], [`Error::TargetEqualsLabel`].
     pub fn check_classes(&self, classes: usize) -> Result<()> {
         for (what, values) in self.given.iter() {
             if let Some((index, &class)) = values
@@ -158,9 +203,12 @@ impl Resolved {
         }
     }
 
-    /// The goal restricted to the samples in `idx` (a `u32` index tensor on the device).
-    pub fn select(&self, rows: &[u32], idx: &Tensor) -> Result<Resolved> {
-        Ok(Resolved {
+    /// The goal restricted to the samples `rows`, whose `u32` index tensor on the device is `idx`.
+    ///
+    /// # Errors
+    /// Candle errors only (`idx` out of range).
+    pub fn select(&self, rows: &[u32], idx: &Tensor) -> Result<ResolvedGoal> {
+        Ok(ResolvedGoal {
             classes: rows.iter().map(|&i| self.classes[i as usize]).collect(),
             tensor: self.tensor.index_select(idx, 0)?,
             targeted: self.targeted,
@@ -169,7 +217,7 @@ impl Resolved {
     }
 }
 
-fn class_indices(what: &'static str, t: &Tensor, batch: usize) -> Result<Vec<i64>> {
+pub(crate) fn class_indices(what: &'static str, t: &Tensor, batch: usize) -> Result<Vec<i64>> {
     if t.dims() != [batch] {
         return Err(Error::ShapeMismatch {
             what,

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Norm;
+use crate::error::{Error, Result};
 
 /// Version of the JSON schema of [`Report`] and [`Sweep`]. Version 1 is described field by field
 /// on the structs of this module.
@@ -25,21 +26,24 @@ pub const SCHEMA_VERSION: u32 = 1;
 ///
 /// ```
 /// use perturb::metrics::AttackInfo;
-/// use perturb::{Attack, Budget, Pgd};
+/// use perturb::{Budget, Norm, Pgd};
 /// let pgd = Pgd::new(Budget::linf(0.3)?).steps(40).seed(7);
 /// let info = AttackInfo::of(&pgd);
-/// assert_eq!((info.name.as_str(), info.eps), ("pgd", 0.3));
+/// assert_eq!((info.name.as_str(), info.norm, info.eps), ("pgd", Some(Norm::Linf), Some(0.3)));
 /// assert_eq!(info.params["steps"], 40);
 /// # Ok::<(), perturb::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackInfo {
-    /// Short name of the attack (`fgsm`, `pgd`).
+    /// Short name of the attack, as in the [registry](crate::attack::Registry).
     pub name: String,
-    /// Norm of the budget.
-    pub norm: Norm,
-    /// Radius of the budget; 0 means no attack (the clean point of a curve).
-    pub eps: f32,
+    /// Norm of the budget; absent for attacks without one (patches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
+    /// Radius of the budget (0: no attack, the clean point of a curve); absent for attacks
+    /// without one (patches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
     /// Targeted class, or `None` for an untargeted attack.
     pub target: Option<u32>,
     /// Every parameter of the attack ([`Attack::params`](crate::Attack::params)).
@@ -49,13 +53,27 @@ pub struct AttackInfo {
 impl AttackInfo {
     /// Describe an untargeted `attack`.
     pub fn of(attack: &dyn crate::Attack) -> Self {
+        let budget = attack.threat().budget().copied();
         Self {
             name: attack.name().to_string(),
-            norm: attack.budget().norm(),
-            eps: attack.budget().eps(),
+            norm: budget.map(|b| b.norm()),
+            eps: budget.map(|b| b.eps()),
             target: None,
             params: attack.params(),
         }
+    }
+
+    /// "pgd (linf, eps 0.3)", or the name alone for attacks without a budget.
+    pub fn describe(&self) -> String {
+        match (self.norm, self.eps) {
+            (Some(norm), Some(eps)) => format!("{} ({norm}, eps {eps})", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// Number of gradient steps per run, where the attack's parameters say (`steps`).
+    fn steps(&self) -> Option<u64> {
+        self.params.get("steps").and_then(serde_json::Value::as_u64)
     }
 }
 
@@ -132,10 +150,42 @@ pub struct Report {
     pub perturbation: NormStats,
     /// Forward+backward passes spent, counted per sample.
     pub gradient_evals: u64,
+    /// Forward-only passes the attacks spent (verdicts, success checks, queries), counted per
+    /// sample; the evaluation's own clean predictions are not counted.
+    #[serde(default)]
+    pub forward_evals: u64,
     /// Wall time of the whole run, in seconds.
     pub wall_time_s: f64,
     /// Sanity-check warnings (see [`masking_warnings`]); empty when nothing looks wrong.
     pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Whether robust accuracy reaches `min_accuracy`: the one test behind
+    /// [`assert_robust`](crate::eval::assert_robust) and the CLI's `gate`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a `min_accuracy` outside `[0, 1]`.
+    pub fn meets(&self, min_accuracy: f64) -> Result<bool> {
+        Self::check_threshold(min_accuracy)?;
+        Ok(self.robust_accuracy >= min_accuracy)
+    }
+
+    /// Error unless `min_accuracy` lies in `[0, 1]` (checked before an evaluation runs).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`].
+    pub fn check_threshold(min_accuracy: f64) -> Result<()> {
+        if (0.0..=1.0).contains(&min_accuracy) {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "min_accuracy",
+                value: min_accuracy.to_string(),
+                reason: "must lie in [0, 1]",
+            })
+        }
+    }
 }
 
 /// Ratio that is 0 for an empty denominator.
@@ -223,12 +273,13 @@ pub struct Sweep {
 
 /// Sanity checks for gradient masking on a set of reports (Carlini et al. 2019, §5):
 /// - robust accuracy that rises as ε grows, for one attack (more than one sample's worth);
-/// - an iterative attack (PGD) weaker than the single-step FGSM at the same ε and norm;
+/// - a multi-step attack (parameter `steps` > 1, such as PGD) weaker than a one-step attack
+///   (`steps` = 1, such as FGSM) at the same ε and norm;
 /// - under L∞ with ε at least half the pixel box, where every input can be moved to the same
 ///   mid-grey image and robust accuracy therefore cannot exceed the largest class share
 ///   `max_class_share`, an attack that leaves the accuracy above that bound.
 ///
-/// Returns one readable line per finding.
+/// Reports without a budget (patches) are left out. Returns one readable line per finding.
 ///
 /// ```
 /// use perturb::metrics::{masking_warnings, AttackInfo, NormStats, Report, SCHEMA_VERSION};
@@ -238,63 +289,74 @@ pub struct Sweep {
 ///     data: "d".into(), seed: 0, samples: 100, clean_correct: 99,
 ///     robust_correct: (acc * 100.0) as usize, successes: 0, clean_accuracy: 0.99,
 ///     robust_accuracy: acc, attack_success_rate: 0.0, perturbation: NormStats::default(),
-///     gradient_evals: 0, wall_time_s: 0.0, warnings: vec![],
-///     attack: AttackInfo { name: "pgd".into(), norm: Norm::Linf, eps, target: None,
-///                          params: serde_json::json!({}) },
+///     gradient_evals: 0, forward_evals: 0, wall_time_s: 0.0, warnings: vec![],
+///     attack: AttackInfo { name: "pgd".into(), norm: Some(Norm::Linf), eps: Some(eps),
+///                          target: None, params: serde_json::json!({"steps": 10}) },
 /// };
 /// assert!(masking_warnings(&[report(0.1, 0.5), report(0.2, 0.3)], 0.11).is_empty());
 /// assert_eq!(masking_warnings(&[report(0.1, 0.3), report(0.2, 0.5)], 0.11).len(), 1);
 /// ```
 pub fn masking_warnings(reports: &[Report], max_class_share: f64) -> Vec<String> {
     let mut out = Vec::new();
+    // (report, norm, eps) of every report with a budget
+    let budgeted: Vec<(&Report, Norm, f32)> = reports
+        .iter()
+        .filter_map(|r| Some((r, r.attack.norm?, r.attack.eps?)))
+        .collect();
     let mut names: Vec<(&str, Norm)> = Vec::new();
-    for r in reports {
-        if !names.contains(&(r.attack.name.as_str(), r.attack.norm)) {
-            names.push((r.attack.name.as_str(), r.attack.norm));
+    for &(r, norm, _) in &budgeted {
+        if !names.contains(&(r.attack.name.as_str(), norm)) {
+            names.push((r.attack.name.as_str(), norm));
         }
     }
     for &(name, norm) in &names {
-        let mut curve: Vec<&Report> = reports
+        let mut curve: Vec<(&Report, f32)> = budgeted
             .iter()
-            .filter(|r| r.attack.name == name && r.attack.norm == norm)
+            .filter(|(r, n, _)| r.attack.name == name && *n == norm)
+            .map(|&(r, _, eps)| (r, eps))
             .collect();
-        curve.sort_by(|a, b| a.attack.eps.total_cmp(&b.attack.eps));
+        curve.sort_by(|a, b| a.1.total_cmp(&b.1));
         for w in curve.windows(2) {
-            if w[1].robust_correct > w[0].robust_correct + 1 {
+            let ((lo, lo_eps), (hi, hi_eps)) = (w[0], w[1]);
+            if hi.robust_correct > lo.robust_correct + 1 {
                 out.push(format!(
-                    "{name} ({norm}): robust accuracy rises from {:.4} at eps {} to {:.4} at eps {} \
+                    "{name} ({norm}): robust accuracy rises from {:.4} at eps {lo_eps} to {:.4} at eps {hi_eps} \
                      (a larger budget should never help the model: gradient masking or too few steps)",
-                    w[0].robust_accuracy, w[0].attack.eps, w[1].robust_accuracy, w[1].attack.eps
+                    lo.robust_accuracy, hi.robust_accuracy
                 ));
             }
         }
     }
-    for pgd in reports.iter().filter(|r| r.attack.name == "pgd") {
-        let fgsm = reports.iter().find(|r| {
-            r.attack.name == "fgsm"
-                && r.attack.norm == pgd.attack.norm
-                && r.attack.eps == pgd.attack.eps
+    for &(multi, norm, eps) in &budgeted {
+        if multi.attack.steps().is_none_or(|s| s <= 1) || eps == 0.0 {
+            continue;
+        }
+        let one_step = budgeted.iter().find(|(r, n, e)| {
+            r.attack.steps() == Some(1)
+                && *n == norm
+                && *e == eps
+                && r.attack.target == multi.attack.target
         });
-        if let Some(fgsm) = fgsm {
-            if pgd.robust_correct > fgsm.robust_correct {
+        if let Some(&(single, _, _)) = one_step {
+            if multi.robust_correct > single.robust_correct {
                 out.push(format!(
-                    "pgd ({}) at eps {} leaves robust accuracy {:.4}, above fgsm's {:.4}: an iterative \
-                     attack weaker than one step suggests gradient masking or a poor step size",
-                    pgd.attack.norm, pgd.attack.eps, pgd.robust_accuracy, fgsm.robust_accuracy
+                    "{} ({norm}) at eps {eps} leaves robust accuracy {:.4}, above {}'s {:.4}: a \
+                     multi-step attack weaker than one step suggests gradient masking or a poor step size",
+                    multi.attack.name, multi.robust_accuracy, single.attack.name, single.robust_accuracy
                 ));
             }
         }
     }
-    for r in reports {
-        if r.attack.norm == Norm::Linf
-            && f64::from(r.attack.eps) >= 0.5
+    for &(r, norm, eps) in &budgeted {
+        if norm == Norm::Linf
+            && f64::from(eps) >= 0.5
             && r.samples > 0
             && r.robust_accuracy > max_class_share + 1e-9
         {
             out.push(format!(
-                "{} at eps {} (linf, half the pixel box) leaves robust accuracy {:.4}, above the \
+                "{} at eps {eps} (linf, half the pixel box) leaves robust accuracy {:.4}, above the \
                  largest class share {:.4} that any model can keep there: the attack is failing",
-                r.attack.name, r.attack.eps, r.robust_accuracy, max_class_share
+                r.attack.name, r.robust_accuracy, max_class_share
             ));
         }
     }

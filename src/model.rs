@@ -2,19 +2,19 @@
 //! where the loss gradient with respect to the input is computed ([`loss_and_grad`]).
 //!
 //! Every `candle_core::Module` is a `Classifier`. Models with train/eval behaviour (batch norm,
-//! dropout) go through [`Eval`], which calls `forward_t(x, false)`. Models trained on normalized
+//! dropout) go through [`EvalMode`], which calls `forward_t(x, false)`. Models trained on normalized
 //! inputs go through [`Normalized`], so that attacks keep working in pixel space `[0, 1]`.
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::goal::{Goal, Resolved};
+use crate::goal::{Goal, ResolvedGoal};
 use crate::loss::Loss;
 use crate::validate::check_batch;
 
 /// A model that maps a batch `[N, C, H, W]` of `f32` pixels to logits `[N, K]`.
 ///
-/// Implemented for every `candle_core::Module`; wrap `ModuleT` models in [`Eval`].
+/// Implemented for every `candle_core::Module`; wrap `ModuleT` models in [`EvalMode`].
 pub trait Classifier {
     /// The logits for a batch of inputs.
     ///
@@ -34,17 +34,17 @@ impl<M: Module> Classifier for M {
 /// ```
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::{batch_norm, VarBuilder};
-/// use perturb::{Classifier, Eval};
+/// use perturb::{Classifier, EvalMode};
 /// let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-/// let bn = Eval(batch_norm(3, 1e-5, vb)?);
+/// let bn = EvalMode(batch_norm(3, 1e-5, vb)?);
 /// let y = bn.logits(&Tensor::ones((1, 3, 2, 2), DType::F32, &Device::Cpu)?)?;
 /// assert_eq!(y.dims(), &[1, 3, 2, 2]);
 /// # Ok::<(), perturb::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Eval<M>(pub M);
+pub struct EvalMode<M>(pub M);
 
-impl<M: ModuleT> Classifier for Eval<M> {
+impl<M: ModuleT> Classifier for EvalMode<M> {
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.0.forward_t(x, false)
     }
@@ -191,7 +191,7 @@ pub fn loss_and_grad(
 pub(crate) fn loss_and_grad_resolved(
     model: &dyn Classifier,
     x: &Tensor,
-    goal: &Resolved,
+    goal: &ResolvedGoal,
     loss: Loss,
 ) -> Result<LossGrad> {
     let var = Var::from_tensor(x)?;
@@ -201,14 +201,23 @@ pub(crate) fn loss_and_grad_resolved(
 }
 
 /// [`checked_logits`] whose class count covers `goal`'s classes.
-pub(crate) fn goal_logits(model: &dyn Classifier, x: &Tensor, goal: &Resolved) -> Result<Tensor> {
+pub(crate) fn goal_logits(
+    model: &dyn Classifier,
+    x: &Tensor,
+    goal: &ResolvedGoal,
+) -> Result<Tensor> {
     let logits = checked_logits(model, x)?;
     goal.check_classes(logits.dim(1)?)?;
     Ok(logits)
 }
 
 /// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.
-fn backward_to_input(var: &Var, logits: Tensor, goal: &Resolved, loss: Loss) -> Result<LossGrad> {
+fn backward_to_input(
+    var: &Var,
+    logits: Tensor,
+    goal: &ResolvedGoal,
+    loss: Loss,
+) -> Result<LossGrad> {
     let objective = loss.objective(&logits, &goal.tensor, goal.targeted)?;
     let grads = objective.sum_all()?.backward().map_err(|e| {
         if is_missing_backward(&e) {

@@ -63,8 +63,8 @@ pub fn to_csv(reports: &[Report]) -> String {
             csv_field(&r.model),
             csv_field(&r.data),
             csv_field(&r.attack.name),
-            r.attack.norm.to_string(),
-            r.attack.eps.to_string(),
+            r.attack.norm.map(|n| n.to_string()).unwrap_or_default(),
+            r.attack.eps.map(|e| e.to_string()).unwrap_or_default(),
             target,
             r.seed.to_string(),
             r.samples.to_string(),
@@ -141,8 +141,11 @@ pub fn plot_curve(sweep: &Sweep, path: &Path) -> Result<()> {
     }
     let mut lines: Vec<Line> = Vec::new();
     for r in &sweep.reports {
-        let key = format!("{} ({})", r.attack.name, r.attack.norm);
-        let point = (r.attack.eps, r.robust_accuracy);
+        let (Some(norm), Some(eps)) = (r.attack.norm, r.attack.eps) else {
+            continue;
+        };
+        let key = format!("{} ({norm})", r.attack.name);
+        let point = (eps, r.robust_accuracy);
         match lines.iter_mut().find(|l| l.name == key) {
             Some(l) => l.points.push(point),
             None => lines.push(Line {

@@ -10,11 +10,11 @@ use candle_core::{Module, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use crate::attack::Attack;
 use crate::error::{Error, Result};
 use crate::goal::Goal;
 use crate::loss::Loss;
 use crate::zoo::Arch;
+use crate::Attack;
 
 /// Optimization settings: Adam with a constant learning rate, then a tenth of it for the last
 /// `decay_epochs` epochs.

@@ -555,3 +555,133 @@ mod bad_arguments {
         }
     }
 }
+
+mod registry {
+    use super::*;
+
+    /// robust_correct and gradient evaluations of an `attack` run's JSON.
+    fn figures(extra: &[&str], name: &str) -> (usize, u64, serde_json::Value) {
+        let json = tmp(name);
+        let mut args = vec![
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--n",
+            "40",
+            "--quiet",
+        ];
+        args.extend(extra);
+        args.extend(["--json", json.to_str().unwrap()]);
+        let out = perturb(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let r: Report = read_json(&json);
+        (r.robust_correct, r.gradient_evals, r.attack.params)
+    }
+
+    #[test]
+    fn params_and_spec_files_build_the_same_attack_as_the_old_flags() {
+        let old = figures(
+            &["--steps", "7", "--seed", "4", "--no-early-stop"],
+            "old.json",
+        );
+        let new = figures(
+            &[
+                "--param",
+                "steps=7",
+                "--param",
+                "seed=4",
+                "--param",
+                "early_stop=false",
+            ],
+            "param.json",
+        );
+        assert_eq!(old, new);
+        let spec = tmp("pgd7.json");
+        std::fs::write(
+            &spec,
+            r#"{"attack": "pgd", "norm": "linf", "eps": 0.1, "steps": 7, "seed": 4, "early_stop": false}"#,
+        )
+        .unwrap();
+        let from_file = figures(&["--attack-spec", spec.to_str().unwrap()], "spec.json");
+        assert_eq!(old, from_file);
+        // command-line flags override the file
+        let overridden = figures(
+            &["--attack-spec", spec.to_str().unwrap(), "--steps", "3"],
+            "spec3.json",
+        );
+        assert_eq!(overridden.2["steps"], 3);
+        assert!(
+            overridden.1 > 0 && overridden.1 <= 3 * 40,
+            "{}",
+            overridden.1
+        ); // at most 3 per sample
+    }
+
+    #[test]
+    fn bim_is_pgd_without_random_start() {
+        let bim = figures(&["--attack", "bim", "--steps", "5"], "bim.json");
+        let pgd = figures(&["--steps", "5", "--no-random-start"], "pgd-nrs.json");
+        assert_eq!((bim.0, bim.1), (pgd.0, pgd.1));
+        assert_eq!(bim.2["random_start"], false);
+    }
+
+    #[test]
+    fn attacks_lists_the_registry_with_parameters() {
+        let out = perturb(&["attacks"]);
+        assert!(out.status.success());
+        let stdout = text(&out.stdout);
+        for name in perturb::attack::Registry::builtin().names() {
+            assert!(stdout.contains(name), "{stdout}");
+        }
+        assert!(stdout.contains("--param steps=10"), "{stdout}");
+    }
+
+    #[test]
+    fn bad_params_are_one_line_errors() {
+        for (extra, needle) in [
+            (vec!["--param", "stpes=3"], "unknown parameter"),
+            (vec!["--param", "steps"], "KEY=VALUE"),
+            (vec!["--param", "steps=0"], "steps"),
+            (vec!["--param", "steps=many"], "steps"),
+            (vec!["--attack-spec", "/nonexistent/spec.json"], "spec.json"),
+        ] {
+            let mut args = vec![
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--n",
+                "4",
+            ];
+            args.extend(extra);
+            let out = perturb(&args);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        }
+        // eval: a parameter no attack of the list takes
+        let out = perturb(&[
+            "eval",
+            "--model",
+            "mnist-linear",
+            "--attacks",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--n",
+            "4",
+            "--param",
+            "steps=3",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("takes it"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

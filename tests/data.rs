@@ -151,7 +151,7 @@ mod vendored {
 mod malformed {
     use super::*;
 
-    fn read(tmp: &TempDir, name: &str, bytes: &[u8]) -> Result<perturb::IdxArray, Error> {
+    fn read(tmp: &TempDir, name: &str, bytes: &[u8]) -> Result<perturb::data::IdxArray, Error> {
         read_idx(tmp.write(name, bytes))
     }
 

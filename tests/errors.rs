@@ -694,7 +694,7 @@ mod attack_params {
         pgd.run(&model, &input(), &Goal::untargeted(&labels()))
     }
 
-    fn run_fgsm(fgsm: Fgsm) -> perturb::Result<Adversarial> {
+    fn run_fgsm(fgsm: Pgd) -> perturb::Result<Adversarial> {
         let model = linear(K);
         fgsm.run(&model, &input(), &Goal::untargeted(&labels()))
     }

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use common::{pixels, uniform, LinearModel, SmallCnn};
-use perturb::{Eval, GradVerdict, GradientCheck, Normalized};
+use perturb::{EvalMode, GradVerdict, GradientCheck, Normalized};
 use rand::{rngs::StdRng, SeedableRng};
 
 fn batch(seed: u64, n: usize) -> Tensor {
@@ -80,7 +80,7 @@ mod correct_models_pass {
             t(uniform(&mut rng, 1, 0.1)),
             1e-5,
         )?;
-        let model = Eval(BnNet {
+        let model = EvalMode(BnNet {
             bn,
             fc: linear(6, 4, 64),
         });

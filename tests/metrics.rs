@@ -123,8 +123,8 @@ mod schema {
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["schema_version"], SCHEMA_VERSION);
         let report = &sweep.reports[4];
-        assert_eq!(report.attack.eps, 0.2);
-        assert_eq!(report.attack.norm, Norm::L2);
+        assert_eq!(report.attack.eps, Some(0.2));
+        assert_eq!(report.attack.norm, Some(Norm::L2));
         let json = serde_json::to_string_pretty(report).unwrap();
         assert_eq!(&serde_json::from_str::<Report>(&json).unwrap(), report);
         // the parameters are enough to rebuild the attack
@@ -188,10 +188,11 @@ mod warnings {
             data: "d".into(),
             attack: AttackInfo {
                 name: name.into(),
-                norm: Norm::Linf,
-                eps,
+                norm: Some(Norm::Linf),
+                eps: Some(eps),
                 target: None,
-                params: serde_json::json!({}),
+                // what tells a one-step attack from a multi-step one
+                params: serde_json::json!({ "steps": if name == "fgsm" { 1 } else { 10 } }),
             },
             seed: 0,
             samples: 100,
@@ -203,6 +204,7 @@ mod warnings {
             attack_success_rate: (99 - robust) as f64 / 99.0,
             perturbation: NormStats::default(),
             gradient_evals: 0,
+            forward_evals: 0,
             wall_time_s: 0.0,
             warnings: vec![],
         }

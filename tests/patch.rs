@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use perturb::attack::{
-    apply_patch, Patch, PatchApplication, PatchAttack, PatchOptimizer, PatchShape, Placement,
+    apply_patch, Patch, PatchApplication, PatchOptimizer, PatchShape, PatchTrainer, Placement,
     Region, Transforms,
 };
 use perturb::{Attack, Error, Goal};
@@ -168,7 +168,7 @@ mod training {
             PatchOptimizer::Adam { lr: 0.1 },
             PatchOptimizer::Sign { lr: 0.05 },
         ] {
-            let trained = PatchAttack::new(1, 0.25)
+            let trained = PatchTrainer::new(1, 0.25)
                 .steps(40)
                 .batch_size(8)
                 .optimizer(optimizer)
@@ -181,7 +181,7 @@ mod training {
             let p = values(trained.patch.pixels());
             assert!(p.iter().all(|v| *v >= 0.99), "{optimizer:?}: {p:?}");
             assert!(trained.losses.last() < trained.losses.first());
-            let eval = PatchAttack::new(1, 0.25)
+            let eval = PatchTrainer::new(1, 0.25)
                 .evaluate(
                     &model,
                     &trained.patch,
@@ -203,7 +203,7 @@ mod training {
         let before_x = values(&x);
         let probe = images.narrow(0, 100, 4).unwrap();
         let before = values(&candle_core::Module::forward(&model, &probe).unwrap());
-        PatchAttack::new(3, 0.1)
+        PatchTrainer::new(3, 0.1)
             .steps(5)
             .batch_size(8)
             .train(&model, &x)
@@ -220,7 +220,7 @@ mod training {
         let model = perturb::zoo::load("mnist-linear", &dev()).unwrap();
         let (images, _) = perturb::data::Mnist::load_test_default(&dev()).unwrap();
         let x = images.narrow(0, 0, 64).unwrap();
-        let attack = PatchAttack::new(0, 0.1)
+        let attack = PatchTrainer::new(0, 0.1)
             .steps(6)
             .batch_size(16)
             .tv_weight(0.1)
@@ -295,17 +295,17 @@ mod errors {
         let model = |x: &Tensor| x.flatten_from(1)?.narrow(1, 0, 3);
         for area in [0.0, -0.1, 1.5, f32::NAN] {
             assert!(matches!(
-                PatchAttack::new(1, area).train(&model, &images),
+                PatchTrainer::new(1, area).train(&model, &images),
                 Err(Error::InvalidParameter { name: "area", .. })
             ));
         }
         let empty = Tensor::zeros((0, 1, 6, 6), DType::F32, &dev()).unwrap();
         assert!(matches!(
-            PatchAttack::new(1, 0.1).train(&model, &empty),
+            PatchTrainer::new(1, 0.1).train(&model, &empty),
             Err(Error::ShapeMismatch { .. })
         ));
         assert!(matches!(
-            PatchAttack::new(7, 0.1).steps(1).train(&model, &images),
+            PatchTrainer::new(7, 0.1).steps(1).train(&model, &images),
             Err(Error::LabelOutOfRange { .. })
         ));
         assert!(Patch::new(
@@ -354,7 +354,7 @@ mod on_mnist {
         let (model, mnist) = data();
         let side = 12;
         let top = (28 - side) / 2;
-        let attack = PatchAttack::new(0, (side * side) as f32 / 784.0)
+        let attack = PatchTrainer::new(0, (side * side) as f32 / 784.0)
             .region(Region::Fixed { top, left: top })
             .optimizer(PatchOptimizer::Adam { lr: 0.1 })
             .steps(300)
@@ -376,7 +376,7 @@ mod on_mnist {
     #[test]
     fn a_patch_anywhere_beats_noise() {
         let (model, mnist) = data();
-        let attack = PatchAttack::new(8, 0.216)
+        let attack = PatchTrainer::new(8, 0.216)
             .steps(150)
             .batch_size(64)
             .transforms(Transforms {

@@ -56,13 +56,13 @@ impl FromStr for Norm {
 
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "linf" | "l_inf" | "inf" => Ok(Norm::Linf),
-            "l2" => Ok(Norm::L2),
-            "l1" => Ok(Norm::L1),
+            "linf" | "l_inf" | "inf" | "l∞" => Ok(Norm::Linf),
+            "l2" | "2" => Ok(Norm::L2),
+            "l1" | "1" => Ok(Norm::L1),
             _ => Err(Error::InvalidParameter {
                 name: "norm",
                 value: s.to_string(),
-                reason: "expected linf, l2 or l1",
+                reason: "expected linf (inf), l2 (2) or l1 (1)",
             }),
         }
     }
@@ -86,17 +86,6 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The whole pixel box `[0, 1]` as an L∞ ball of radius 1: the budget of attacks that may
-    /// change the pixels they touch arbitrarily (patches).
-    pub(crate) fn full_box() -> Self {
-        Self {
-            norm: Norm::Linf,
-            eps: 1.0,
-            lo: 0.0,
-            hi: 1.0,
-        }
-    }
-
     /// A budget of radius `eps` in `norm` with the pixel box `[0, 1]`.
     ///
     /// # Errors

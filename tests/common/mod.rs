@@ -1,6 +1,8 @@
 //! Shared fixtures: seeded small models built from explicit weights, in f32 or f64.
 #![allow(dead_code)]
 
+pub mod momentum;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, ModuleT};
 use rand::{rngs::StdRng, Rng, SeedableRng};

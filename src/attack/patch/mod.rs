@@ -1,12 +1,12 @@
 //! Universal adversarial patches (Brown et al. 2017, arXiv:1712.09665) trained with expectation
 //! over transformation (Athalye et al. 2018, arXiv:1707.07397): a [`Patch`], pasting it
 //! ([`paste`], [`apply`]), applying a saved patch as an [`Attack`] ([`PatchApplication`]), and
-//! training one ([`PatchAttack`]).
+//! training one ([`PatchTrainer`]).
 
 mod train;
 mod warp;
 
-pub use train::{PatchAttack, PatchEvaluation, PatchOptimizer, PatchTraining};
+pub use train::{PatchEvaluation, PatchOptimizer, PatchTrainer, PatchTraining};
 pub use warp::{Placement, Region, Transforms};
 
 use std::path::Path;
@@ -14,10 +14,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::{finish, Adversarial, Attack};
-use crate::budget::Budget;
+use super::batch::{Batch, CleanLogits, GradientCheckMode};
+use super::{Adversarial, Attack, Threat};
+use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
 use crate::goal::Goal;
+use crate::loss::Loss;
 use crate::model::Classifier;
 use warp::{warp, Draw};
 
@@ -404,8 +406,9 @@ pub fn apply_patch(patch: &Patch, images: &Tensor, placements: &[Placement]) -> 
 }
 
 /// A saved patch as an [`Attack`]: pastes it on each image at a placement drawn from `region`
-/// and `transforms` (seeded), so a pipeline can test a model against it. Its budget is the whole
-/// pixel box (L∞, ε = 1): a patch may change the pixels it covers arbitrarily.
+/// and `transforms` (seeded), so a pipeline can test a model against it. It has no ε: its
+/// threat is [`Threat::Patch`] (the pixels it covers change arbitrarily); reports measure its
+/// perturbation in L∞.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -426,7 +429,6 @@ pub struct PatchApplication {
     region: Region,
     transforms: Transforms,
     seed: u64,
-    budget: Budget,
 }
 
 impl PatchApplication {
@@ -437,7 +439,6 @@ impl PatchApplication {
             region,
             transforms: Transforms::default(),
             seed: 0,
-            budget: Budget::full_box(),
         }
     }
 
@@ -459,7 +460,15 @@ impl Attack for PatchApplication {
         self.transforms.check()?;
         let (b, _, h, w) = check_images(x, &self.patch)?;
         // the model's class count is checked on the patched batch's logits, in `finish`
-        let goal = goal.resolve(b, x.device())?;
+        let batch = Batch::prepare(
+            model,
+            x,
+            goal,
+            &Budget::linf(1.0)?,
+            Loss::CrossEntropy,
+            GradientCheckMode::Trust,
+            CleanLogits::Skip,
+        )?;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let s = self.patch.side();
         let draws = (0..b)
@@ -467,15 +476,17 @@ impl Attack for PatchApplication {
             .collect::<Result<Vec<_>>>()?;
         let x_adv = paste(x, &self.patch.pixels, &self.patch.mask, &draws)?;
         let x_adv = train::add_noise(&x_adv, self.transforms.noise, &mut rng)?;
-        finish(model, &self.budget, x, x_adv, None, &goal, 0)
+        batch.finish_norm(model, Norm::Linf, x_adv, None)
     }
 
     fn name(&self) -> &'static str {
         "patch"
     }
 
-    fn budget(&self) -> &Budget {
-        &self.budget
+    fn threat(&self) -> Threat {
+        Threat::Patch {
+            side: self.patch.side(),
+        }
     }
 
     fn params(&self) -> serde_json::Value {

@@ -41,15 +41,15 @@ pub enum PatchOptimizer {
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// use perturb::attack::PatchAttack;
+/// use perturb::attack::PatchTrainer;
 /// let model = |x: &Tensor| x.flatten_from(1)?.narrow(1, 0, 3); // logits = first 3 pixels
 /// let x = Tensor::full(0.2f32, (4, 1, 4, 4), &Device::Cpu)?;
-/// let trained = PatchAttack::new(2, 0.25).steps(30).batch_size(4).train(&model, &x)?;
+/// let trained = PatchTrainer::new(2, 0.25).steps(30).batch_size(4).train(&model, &x)?;
 /// assert_eq!(trained.patch.side(), 2);
 /// # Ok::<(), perturb::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PatchAttack {
+pub struct PatchTrainer {
     target: u32,
     area: f32,
     shape: PatchShape,
@@ -109,7 +109,7 @@ fn total_variation(p: &Tensor) -> Result<Tensor> {
     Ok((dy + dx)?)
 }
 
-impl PatchAttack {
+impl PatchTrainer {
     /// A patch toward class `target` covering `area` (a fraction of the image) with defaults.
     pub fn new(target: u32, area: f32) -> Self {
         Self {

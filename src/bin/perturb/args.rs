@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
+use perturb::attack::{AttackSpec, FixedBudget, Registry};
 use perturb::data::{load_image, load_photo, Fit, Mnist};
 use perturb::zoo::{self, Arch, ZooModel};
-use perturb::{Attack, Budget, Fgsm, Norm, Pgd};
+use perturb::Norm;
+use serde_json::Value;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -19,6 +21,9 @@ Examples:
       --eps 0.004 --steps 50 --save-png out/
   perturb eval --model mnist-cnn --attacks fgsm,pgd --eps 0,0.05,0.1,0.15,0.2 --plot curve.png
   perturb gate --model mnist-cnn --attack pgd --eps 0.05 --min-robust-accuracy 0.9 --n 1000
+  perturb attack --model mnist-cnn --attack pgd --eps 0.3 --param steps=100 --param restarts=5
+  perturb gate --model mnist-cnn --attack-spec pgd40.json --min-robust-accuracy 0.5
+  perturb attacks
   perturb attack --model my.safetensors --arch small-cnn --sha256 <hex> --attack fgsm --eps 0.1
 
 Exit codes: 0 success (gate: the model holds), 1 the gate failed, 2 a usage or input error.
@@ -37,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// List the shipped models, their clean accuracy and whether their checksum verifies.
     Models,
+    /// List the attacks, their kind and their parameters with defaults (for --param).
+    Attacks,
     /// Attack a model on test images and report clean and robust accuracy.
     Attack(AttackArgs),
     /// Sweep ε for one or more attacks: accuracy-vs-ε table, curve, worst case, warnings.
@@ -82,25 +89,36 @@ pub struct Common {
 /// Attack parameters shared by `attack`, `eval` and `gate` (ε aside).
 #[derive(Args, Debug)]
 pub struct Spec {
-    /// Norm of the budget: linf, l2 or l1.
-    #[arg(long, default_value = "linf")]
-    pub norm: String,
-    /// PGD steps.
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// PGD step size (default 2.5·ε/steps).
+    /// Norm of the budget: linf (inf), l2 (2) or l1 (1).
+    #[arg(long)]
+    pub norm: Option<String>,
+    /// An attack parameter KEY=VALUE (repeat the flag), e.g. `--param steps=40 --param
+    /// loss=dlr`; `perturb attacks` lists every attack's parameters and defaults. VALUE is read
+    /// as JSON where it parses (numbers, true, {"cw_margin": {"kappa": 0}}), else as text.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// A JSON attack spec, e.g. {"attack": "pgd", "norm": "l2", "eps": 0.5, "steps": 40};
+    /// flags given on the command line override its values.
+    #[arg(long, value_name = "FILE")]
+    pub attack_spec: Option<PathBuf>,
+    /// Steps of iterative attacks (default 10); the same as --param steps=N.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Step size of iterative attacks (default 2.5·ε/steps); --param step_size=A.
     #[arg(long)]
     pub step_size: Option<f32>,
-    /// PGD runs per sample (restarts attack only the samples not yet fooled).
-    #[arg(long, default_value_t = 1)]
-    pub restarts: usize,
-    /// Seed of the random start.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Start PGD at the clean input (BIM) instead of a random point of the ball.
+    /// Runs per sample (restarts attack only the samples not yet fooled); --param restarts=R.
+    #[arg(long)]
+    pub restarts: Option<usize>,
+    /// Seed of the random start (default 0); --param seed=S.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Start at the clean input instead of a random point of the ball; --param
+    /// random_start=false.
     #[arg(long)]
     pub no_random_start: bool,
-    /// Keep stepping after a sample is fooled (by default it leaves the batch).
+    /// Keep stepping after a sample is fooled (by default the CLI lets it leave the batch);
+    /// --param early_stop=false.
     #[arg(long)]
     pub no_early_stop: bool,
 }
@@ -109,12 +127,13 @@ pub struct Spec {
 pub struct AttackArgs {
     #[command(flatten)]
     pub common: Common,
-    /// fgsm or pgd.
-    #[arg(long, default_value = "pgd")]
-    pub attack: String,
-    /// Radius of the budget.
+    /// The attack: fgsm, bim or pgd (`perturb attacks` lists them); default pgd, or the one
+    /// --attack-spec names.
     #[arg(long)]
-    pub eps: f32,
+    pub attack: Option<String>,
+    /// Radius of the budget (or the spec file's eps).
+    #[arg(long)]
+    pub eps: Option<f32>,
     #[command(flatten)]
     pub spec: Spec,
     /// Targeted attack toward this class, an index or an ImageNet class name (`toaster`); images
@@ -144,7 +163,7 @@ pub struct AttackArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Comma-separated attacks: fgsm, pgd.
+    /// Comma-separated attacks: fgsm, bim, pgd (`perturb attacks` lists them).
     #[arg(long, default_value = "fgsm,pgd")]
     pub attacks: String,
     /// Comma-separated radii; 0 is the clean point.
@@ -167,12 +186,13 @@ pub struct EvalArgs {
 pub struct GateArgs {
     #[command(flatten)]
     pub common: Common,
-    /// fgsm or pgd.
-    #[arg(long, default_value = "pgd")]
-    pub attack: String,
-    /// Radius of the budget.
+    /// The attack: fgsm, bim or pgd (`perturb attacks` lists them); default pgd, or the one
+    /// --attack-spec names.
     #[arg(long)]
-    pub eps: f32,
+    pub attack: Option<String>,
+    /// Radius of the budget (or the spec file's eps).
+    #[arg(long)]
+    pub eps: Option<f32>,
     #[command(flatten)]
     pub spec: Spec,
     /// Smallest acceptable robust accuracy, in [0, 1].
@@ -217,32 +237,97 @@ fn max_eps(norm: Norm, pixels: usize) -> f32 {
     }
 }
 
+/// Whether `--param` names one attack (every key must be its) or a list (`eval --attacks`:
+/// each key goes to the attacks that take it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    One,
+    Many,
+}
+
 impl Spec {
-    /// The attack `name` at radius `eps` with these parameters.
-    pub fn build(&self, name: &str, eps: f32, input: [usize; 3]) -> Result<Box<dyn Attack>> {
-        let norm: Norm = self.norm.parse()?;
-        let [c, h, w] = input;
-        let limit = max_eps(norm, c * h * w);
-        if !(eps.is_finite() && eps > 0.0 && eps <= limit) {
-            bail!("--eps {eps} is out of range: a {norm} budget on {c}x{h}x{w} inputs needs 0 < eps <= {limit}");
+    /// The attack `name` (or the spec file's, or pgd) at radius `eps` (or the spec file's),
+    /// its parameters from the spec file, then the old flags, then `--param`; checked by the
+    /// registry.
+    pub fn build(
+        &self,
+        name: Option<&str>,
+        eps: Option<f32>,
+        input: [usize; 3],
+        scope: Scope,
+    ) -> Result<Box<dyn FixedBudget>> {
+        let registry = Registry::builtin();
+        let file = self
+            .attack_spec
+            .as_ref()
+            .map(AttackSpec::read)
+            .transpose()?;
+        let name = name
+            .map(str::to_string)
+            .or_else(|| file.as_ref().map(|f| f.attack.clone()))
+            .unwrap_or_else(|| "pgd".into());
+        let entry = registry.get(&name)?;
+        let mut spec = match file {
+            Some(f) if f.attack == name => f,
+            _ => AttackSpec {
+                attack: name.clone(),
+                norm: Norm::Linf,
+                eps: None,
+                params: Default::default(),
+            },
+        };
+        if let Some(norm) = &self.norm {
+            spec.norm = norm.parse()?;
         }
-        let budget = Budget::new(norm, eps)?;
-        Ok(match name {
-            "fgsm" => Box::new(Fgsm::new(budget)),
-            "pgd" => {
-                let mut pgd = Pgd::new(budget)
-                    .steps(self.steps)
-                    .restarts(self.restarts)
-                    .seed(self.seed)
-                    .random_start(!self.no_random_start)
-                    .early_stop(!self.no_early_stop);
-                if let Some(alpha) = self.step_size {
-                    pgd = pgd.step_size(alpha);
-                }
-                Box::new(pgd)
+        spec.eps = eps.or(spec.eps);
+        let Some(eps) = spec.eps else {
+            bail!("--eps is required (or an eps in --attack-spec)");
+        };
+        let [c, h, w] = input;
+        let limit = max_eps(spec.norm, c * h * w);
+        if !(eps.is_finite() && eps > 0.0 && eps <= limit) {
+            bail!(
+                "--eps {eps} is out of range: a {} budget on {c}x{h}x{w} inputs needs 0 < eps <= {limit}",
+                spec.norm
+            );
+        }
+        // the CLI stops a fooled sample early unless told otherwise
+        let mut flags: Vec<(&str, Value)> = vec![("early_stop", Value::Bool(!self.no_early_stop))];
+        flags.extend(self.steps.map(|v| ("steps", v.into())));
+        flags.extend(self.step_size.map(|v| ("step_size", v.into())));
+        flags.extend(self.restarts.map(|v| ("restarts", v.into())));
+        flags.extend(self.seed.map(|v| ("seed", v.into())));
+        if self.no_random_start {
+            flags.push(("random_start", Value::Bool(false)));
+        }
+        for (key, value) in flags {
+            // old flags apply to the attacks that take them (fgsm has no steps); the CLI's
+            // default early stop yields to a spec file that sets it
+            let default_only = key == "early_stop" && !self.no_early_stop;
+            if entry.takes(key) && !(default_only && spec.params.contains_key(key)) {
+                spec.params.insert(key.into(), value);
             }
-            other => bail!("unknown attack {other:?}: expected fgsm or pgd"),
-        })
+        }
+        for (key, value) in self.param_values()? {
+            if scope == Scope::One || entry.takes(&key) {
+                spec.params.insert(key, value);
+            }
+        }
+        Ok(registry.build(&spec)?)
+    }
+
+    /// The `--param KEY=VALUE` pairs, values read as JSON where they parse.
+    pub fn param_values(&self) -> Result<Vec<(String, Value)>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let Some((key, value)) = p.split_once('=') else {
+                    bail!("--param {p:?}: expected KEY=VALUE");
+                };
+                let value = serde_json::from_str(value).unwrap_or(Value::String(value.into()));
+                Ok((key.trim().to_string(), value))
+            })
+            .collect()
     }
 }
 

@@ -11,12 +11,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use perturb::attack::{FixedBudget, Registry};
 use perturb::eval::Evaluator;
 use perturb::metrics::Report;
 use perturb::report::{self, GridRow};
-use perturb::{zoo, Attack};
+use perturb::zoo;
+use perturb::Attack;
 
-use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded};
+use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded, Scope};
 
 fn main() -> ExitCode {
     // attack loops reuse large buffers: keep freed memory instead of re-faulting it each step
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Models => models(),
+        Command::Attacks => attacks(),
         Command::Attack(a) => attack(a),
         Command::Eval(e) => eval(e),
         Command::Gate(g) => gate(g),
@@ -96,19 +100,40 @@ fn models() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every registered attack with its kind, summary and parameters' defaults.
+fn attacks() -> Result<ExitCode> {
+    for e in Registry::builtin().entries() {
+        println!("{:<6} {:?}: {}", e.name, e.kind, e.summary);
+        if let Some(params) = (e.defaults)().as_object() {
+            for (key, value) in params {
+                println!("         --param {key}={value}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// " linf eps 0.3", or nothing for attacks without a budget.
+fn threat(r: &Report) -> String {
+    match (r.attack.norm, r.attack.eps) {
+        (Some(norm), Some(eps)) => format!(" {norm} eps {eps}"),
+        _ => String::new(),
+    }
+}
+
 fn summary(r: &Report) -> String {
     let target = r
         .attack
         .target
         .map(|t| format!(" toward {t}"))
         .unwrap_or_default();
+    let threat = threat(r);
     format!(
-        "{} · {} {} eps {}{} · {} samples: clean {:.2} %, robust {:.2} %, attack success {:.2} %, \
+        "{} · {}{}{} · {} samples: clean {:.2} %, robust {:.2} %, attack success {:.2} %, \
          mean |delta| {:.4}, {} gradient evals, {:.1} s",
         r.model,
         r.attack.name,
-        r.attack.norm,
-        r.attack.eps,
+        threat,
         target,
         r.samples,
         100.0 * r.clean_accuracy,
@@ -121,19 +146,40 @@ fn summary(r: &Report) -> String {
 }
 
 fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
-    Ok(
-        Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
-            .model_name(loaded.model_name.clone())
-            .data_name(loaded.data_name.clone())
-            .batch_size(loaded.batch_size)
-            .progress(progress),
-    )
+    let eval = Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
+        .model_name(loaded.model_name.clone())
+        .data_name(loaded.data_name.clone())
+        .batch_size(loaded.batch_size);
+    if !progress {
+        return Ok(eval);
+    }
+    // indicatif hides the bar when stderr is not a terminal
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} samples, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    Ok(eval.on_progress(move |p| {
+        if p.done == 0 {
+            bar.reset();
+            bar.set_length(p.total as u64);
+            bar.set_message(p.label.to_string());
+        } else {
+            bar.set_position(p.done as u64);
+        }
+        if p.done == p.total {
+            bar.finish_and_clear();
+        }
+    }))
 }
 
 fn attack(a: AttackArgs) -> Result<ExitCode> {
     let loaded = a.common.load(a.targeted.as_deref())?;
     let input = loaded.model.arch().input_shape();
-    let attack = a.spec.build(&a.attack, a.eps, input)?;
+    let attack = a
+        .spec
+        .build(a.attack.as_deref(), a.eps, input, Scope::One)?;
     let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
     println!("{}", summary(&run.report));
     let arch = loaded.model.arch();
@@ -210,20 +256,34 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         bail!("--eps: every value must be finite and >= 0");
     }
     let names: Vec<&str> = e.attacks.split(',').map(str::trim).collect();
-    // Build every (attack, ε) once up front so that a bad value fails before any compute; the
-    // sweep then sets each ε on the first positive one.
+    // every --param must belong to some attack of the list
+    let registry = Registry::builtin();
+    for (key, _) in e.spec.param_values()? {
+        let mut takers = names.iter().filter_map(|n| registry.get(n).ok());
+        if !takers.any(|entry| entry.takes(&key)) {
+            bail!(
+                "--param {key}: none of the attacks {} takes it",
+                names.join(", ")
+            );
+        }
+    }
+    // Build every (attack, ε) once up front so that a bad value (an ε out of range for the
+    // norm) fails before any compute; the sweep then sets each ε on the first positive one.
     let positive: Vec<f32> = eps.iter().copied().filter(|v| *v > 0.0).collect();
     for name in &names {
         for &v in &positive {
-            e.spec.build(name, v, input)?;
+            e.spec.build(Some(name), Some(v), input, Scope::Many)?;
         }
     }
     let reference = positive.first().copied().unwrap_or(0.1);
-    let attacks: Vec<Box<dyn Attack>> = names
+    let attacks: Vec<Box<dyn FixedBudget>> = names
         .iter()
-        .map(|name| e.spec.build(name, reference, input))
+        .map(|name| {
+            e.spec
+                .build(Some(name), Some(reference), input, Scope::Many)
+        })
         .collect::<Result<_>>()?;
-    let refs: Vec<&dyn Attack> = attacks.iter().map(|a| a.as_ref()).collect();
+    let refs: Vec<&dyn FixedBudget> = attacks.iter().map(|a| a.as_ref()).collect();
     let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
     println!(
         "{:<8} {:<5} {:>8} {:>10} {:>10}",
@@ -233,8 +293,8 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         println!(
             "{:<8} {:<5} {:>8} {:>9.2}% {:>9.2}%",
             r.attack.name,
-            r.attack.norm.to_string(),
-            r.attack.eps,
+            r.attack.norm.map(|n| n.to_string()).unwrap_or_default(),
+            r.attack.eps.unwrap_or_default(),
             100.0 * r.clean_accuracy,
             100.0 * r.robust_accuracy
         );
@@ -264,24 +324,22 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
 }
 
 fn gate(g: GateArgs) -> Result<ExitCode> {
-    if !(0.0..=1.0).contains(&g.min_robust_accuracy) {
-        bail!(
-            "--min-robust-accuracy {} must lie in [0, 1]",
-            g.min_robust_accuracy
-        );
-    }
+    Report::check_threshold(g.min_robust_accuracy).context("--min-robust-accuracy")?;
     let loaded = g.common.load(None)?;
-    let attack = g
-        .spec
-        .build(&g.attack, g.eps, loaded.model.arch().input_shape())?;
-    let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref(), None)?;
+    let attack = g.spec.build(
+        g.attack.as_deref(),
+        g.eps,
+        loaded.model.arch().input_shape(),
+        Scope::One,
+    )?;
+    let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref() as &dyn Attack, None)?;
     let r = &run.report;
     if let Some(path) = &g.json {
         report::write_json(r, path).context("writing the gate's report")?;
     }
-    let held = r.robust_accuracy >= g.min_robust_accuracy;
+    let held = r.meets(g.min_robust_accuracy)?;
     println!(
-        "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {} {} eps {})",
+        "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {}{})",
         if held { "PASS" } else { "FAIL" },
         r.robust_accuracy,
         r.robust_correct,
@@ -290,8 +348,7 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
         g.min_robust_accuracy,
         r.model,
         r.attack.name,
-        r.attack.norm,
-        r.attack.eps
+        threat(r)
     );
     Ok(if held {
         ExitCode::SUCCESS
