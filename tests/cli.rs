@@ -685,3 +685,264 @@ mod registry {
         );
     }
 }
+
+/// Issue 27's first-hour fixes, each as a user meets it.
+mod first_hour {
+    use super::*;
+    use std::process::Stdio;
+
+    /// Run with stdout closed before the program writes: as `perturb ... | head -0`.
+    fn with_closed_stdout(args: &[&str]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_perturb"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_quietly_and_gate_keeps_its_verdict() {
+        let out = with_closed_stdout(&["models"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
+        let gate = |min: &str| {
+            with_closed_stdout(&[
+                "gate",
+                "--model",
+                "mnist-linear",
+                "--attack",
+                "fgsm",
+                "--eps",
+                "0.05",
+                "--n",
+                "20",
+                "--quiet",
+                "--min-robust-accuracy",
+                min,
+            ])
+        };
+        let (pass, fail) = (gate("0"), gate("1"));
+        assert_eq!(pass.status.code(), Some(0), "{}", text(&pass.stderr));
+        assert_eq!(fail.status.code(), Some(1), "{}", text(&fail.stderr));
+        assert!(!text(&fail.stderr).contains("panicked"));
+    }
+
+    #[test]
+    fn output_paths_are_checked_before_anything_is_loaded_or_computed() {
+        // an unknown model would fail at loading: the output's error comes first
+        for (cmd, flag) in [
+            ("eval", "--json"),
+            ("gate", "--json"),
+            ("attack", "--csv"),
+            ("eval", "--plot"),
+        ] {
+            let mut args = vec![
+                cmd,
+                "--model",
+                "no-such-model",
+                "--eps",
+                "0.1",
+                flag,
+                "/nonexistent/dir/x.out",
+            ];
+            if cmd == "gate" {
+                args.extend(["--min-robust-accuracy", "0.5"]);
+            }
+            let out = perturb(&args);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("/nonexistent/dir") && stderr.contains("does not exist"),
+                "{stderr}"
+            );
+        }
+        let dir = std::env::temp_dir();
+        let out = perturb(&[
+            "eval",
+            "--model",
+            "no-such-model",
+            "--json",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            text(&out.stderr).contains("is a folder"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn existing_adversarials_are_kept_unless_forced_and_outputs_must_differ() {
+        let adv = tmp("keep.safetensors");
+        std::fs::write(&adv, b"precious").unwrap();
+        let p = adv.to_str().unwrap();
+        let base = [
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--n",
+            "4",
+            "--quiet",
+        ];
+        let mut args = base.to_vec();
+        args.extend(["--save-adversarials", p]);
+        let out = perturb(&args);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("--force"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&adv).unwrap(), b"precious");
+        args.push("--force");
+        assert!(perturb(&args).status.success());
+        assert_ne!(std::fs::read(&adv).unwrap(), b"precious");
+        let same = tmp("same.out");
+        let s = same.to_str().unwrap();
+        let mut args = base.to_vec();
+        args.extend(["--json", s, "--csv", s]);
+        let out = perturb(&args);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("both write"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn eps_as_a_fraction_negative_eps_and_loss_names() {
+        let json = tmp("frac.json");
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "8/255",
+            "--n",
+            "4",
+            "--quiet",
+            "--loss",
+            "dlr",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let r: Report = read_json(&json);
+        assert_eq!(r.attack.eps, Some(8.0f32 / 255.0));
+        assert_eq!(r.attack.params["loss"], "dlr");
+        for eps in ["-0.1", "-1"] {
+            let out = perturb(&[
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                eps,
+                "--n",
+                "4",
+            ]);
+            assert_eq!(out.status.code(), Some(2));
+            assert!(
+                text(&out.stderr).contains("out of range"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "8/x",
+            "--n",
+            "4",
+        ]);
+        assert!(
+            text(&out.stderr).contains("fraction"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--norm",
+            "2",
+            "--n",
+            "4",
+            "--quiet",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    #[test]
+    fn file_errors_name_the_real_problem_once() {
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "/nonexistent/w.safetensors",
+            "--arch",
+            "small-cnn",
+            "--eps",
+            "0.1",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr.contains("/nonexistent/w.safetensors"), "{stderr}");
+        assert!(!stderr.contains("unknown model"), "{stderr}");
+        let junk = tmp("noarch.safetensors");
+        std::fs::write(&junk, b"x").unwrap();
+        let out = perturb(&["attack", "--model", junk.to_str().unwrap(), "--eps", "0.1"]);
+        assert!(
+            text(&out.stderr).contains("--arch is required"),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--attack-spec",
+            "/nonexistent/s.json",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+
+    #[test]
+    fn clap_tips_and_usage_are_kept_on_the_one_line() {
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--stpes",
+            "3",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("tip:") && stderr.contains("--steps") && stderr.contains("Usage:"),
+            "{stderr}"
+        );
+    }
+}

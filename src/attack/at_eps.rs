@@ -21,6 +21,7 @@ use crate::model::Classifier;
 /// use perturb::{Adversarial, Attack, Budget, Classifier, Goal, Loss, Norm, Result};
 ///
 /// /// The exact minimal L∞ attack on `logits = pixels` with two pixels: meet in the middle.
+/// #[derive(Clone)]
 /// struct Midpoint;
 /// impl MinimumNorm for Midpoint {
 ///     fn name(&self) -> &'static str { "midpoint" }

@@ -351,6 +351,13 @@ pub fn resolve(
         return load(model, device);
     }
     let path = Path::new(model);
+    let looks_like_path = model.contains(std::path::MAIN_SEPARATOR) || model.contains('.');
+    if !path.exists() && looks_like_path {
+        return Err(Error::Io {
+            file: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such weights file"),
+        });
+    }
     if !path.exists() {
         return Err(Error::UnknownModel {
             name: model.to_string(),

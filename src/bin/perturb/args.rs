@@ -101,6 +101,10 @@ pub struct Spec {
     /// flags given on the command line override its values.
     #[arg(long, value_name = "FILE")]
     pub attack_spec: Option<PathBuf>,
+    /// The loss to ascend: ce (cross-entropy, default), cw (Carlini-Wagner margin, kappa 0) or
+    /// dlr; the same as --param loss=....
+    #[arg(long, value_parser = ["ce", "cw", "dlr"])]
+    pub loss: Option<String>,
     /// Steps of iterative attacks (default 10); the same as --param steps=N.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -131,8 +135,8 @@ pub struct AttackArgs {
     /// --attack-spec names.
     #[arg(long)]
     pub attack: Option<String>,
-    /// Radius of the budget (or the spec file's eps).
-    #[arg(long)]
+    /// Radius of the budget, a number or a fraction such as 8/255 (or the spec file's eps).
+    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
     pub eps: Option<f32>,
     #[command(flatten)]
     pub spec: Spec,
@@ -157,6 +161,9 @@ pub struct AttackArgs {
     /// rounding of the file.
     #[arg(long, value_name = "DIR")]
     pub save_png: Option<PathBuf>,
+    /// Replace an existing --save-adversarials file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -166,8 +173,12 @@ pub struct EvalArgs {
     /// Comma-separated attacks: fgsm, bim, pgd (`perturb attacks` lists them).
     #[arg(long, default_value = "fgsm,pgd")]
     pub attacks: String,
-    /// Comma-separated radii; 0 is the clean point.
-    #[arg(long, default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3")]
+    /// Comma-separated radii (numbers or fractions such as 8/255); 0 is the clean point.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3"
+    )]
     pub eps: String,
     #[command(flatten)]
     pub spec: Spec,
@@ -190,8 +201,8 @@ pub struct GateArgs {
     /// --attack-spec names.
     #[arg(long)]
     pub attack: Option<String>,
-    /// Radius of the budget (or the spec file's eps).
-    #[arg(long)]
+    /// Radius of the budget, a number or a fraction such as 8/255 (or the spec file's eps).
+    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
     pub eps: Option<f32>,
     #[command(flatten)]
     pub spec: Spec,
@@ -217,15 +228,26 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
-/// Comma-separated numbers.
+/// Comma-separated numbers or fractions.
 pub fn parse_list(text: &str, what: &str) -> Result<Vec<f32>> {
     text.split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<f32>()
-                .with_context(|| format!("--{what}: {v:?} is not a number"))
-        })
+        .map(|v| parse_number(v).map_err(|e| anyhow::anyhow!("--{what}: {e}")))
         .collect()
+}
+
+/// A number (`0.03`) or a fraction (`8/255`), as papers write ε.
+pub fn parse_number(text: &str) -> std::result::Result<f32, String> {
+    let text = text.trim();
+    let number = |t: &str| {
+        t.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{text:?} is not a number or a fraction such as 8/255"))
+    };
+    let value = match text.split_once('/') {
+        Some((a, b)) => number(a)? / number(b)?,
+        None => number(text)?,
+    };
+    Ok(value as f32)
 }
 
 /// Largest meaningful radius of `norm` for images of `dims` pixels in [0, 1].
@@ -300,6 +322,17 @@ impl Spec {
         if self.no_random_start {
             flags.push(("random_start", Value::Bool(false)));
         }
+        if let Some(loss) = &self.loss {
+            let loss = match loss.as_str() {
+                "cw" => serde_json::json!({ "cw_margin": { "kappa": 0.0 } }),
+                "dlr" => Value::from("dlr"),
+                _ => Value::from("cross_entropy"),
+            };
+            if !entry.takes("loss") {
+                bail!("--loss: attack {name} takes no loss");
+            }
+            flags.push(("loss", loss));
+        }
         for (key, value) in flags {
             // old flags apply to the attacks that take them (fgsm has no steps); the CLI's
             // default early stop yields to a spec file that sets it
@@ -337,6 +370,13 @@ impl Common {
     pub fn load(&self, target: Option<&str>) -> Result<Loaded> {
         let device = perturb::device::parse(&self.device)?;
         let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
+        let shipped = zoo::SHIPPED.iter().any(|s| s.name == self.model);
+        if !shipped && arch.is_none() && std::path::Path::new(&self.model).is_file() {
+            bail!(
+                "--arch is required for weights given by path ({}): mnist-linear, small-cnn or efficientnet-lite0",
+                self.model
+            );
+        }
         let model = zoo::resolve(&self.model, arch, self.sha256.as_deref(), &device)?;
         if self.n == 0 || self.batch_size == 0 {
             bail!("--n and --batch-size must be at least 1");

@@ -4,6 +4,7 @@
 //! error, printed as one line on stderr.
 
 mod args;
+mod outputs;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,6 +22,15 @@ use perturb::Attack;
 
 use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded, Scope};
 
+/// Print a line on stdout; a reader that went away (`| head`) is not an error: the output is
+/// simply no longer wanted, and `gate`'s exit code still carries its verdict.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     // attack loops reuse large buffers: keep freed memory instead of re-faulting it each step
     perturb::tune_allocator();
@@ -33,27 +43,45 @@ fn main() -> ExitCode {
                     | clap::error::ErrorKind::DisplayVersion
                     | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
-                print!("{e}");
+                use std::io::Write;
+                let _ = write!(std::io::stdout().lock(), "{e}");
                 return ExitCode::SUCCESS;
             }
-            // clap's message, without its usage block, on one line.
+            // clap's message with its tips and usage line, on one line
             let text = e.to_string();
             let line: Vec<&str> = text
                 .lines()
-                .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
                 .collect();
-            eprintln!("{} (see perturb --help)", line.join(" "));
+            eprintln!("{} (see perturb --help)", line.join("; "));
             return ExitCode::from(2);
         }
     };
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text the message
+/// before it already ends with (an I/O error inside "file: error") is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.ends_with(&text) || line.contains(&format!("{text}: ")) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(command: Command) -> Result<ExitCode> {
@@ -67,9 +95,12 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn models() -> Result<ExitCode> {
-    println!(
+    out!(
         "{:<18} {:<18} {:<9} {:>19}  file",
-        "model", "arch", "checksum", "clean accuracy"
+        "model",
+        "arch",
+        "checksum",
+        "clean accuracy"
     );
     for s in zoo::SHIPPED {
         let path = zoo::models_dir().join(s.file);
@@ -88,7 +119,7 @@ fn models() -> Result<ExitCode> {
             .map(|(a, b)| format!("{:.2} %", 100.0 * a as f64 / b as f64))
             .or_else(|| zoo::card(s.name).ok()?.get("clean_accuracy").cloned())
             .unwrap_or_else(|| "?".into());
-        println!(
+        out!(
             "{:<18} {:<18} {:<9} {:>19}  {}",
             s.name,
             s.arch.to_string(),
@@ -103,10 +134,10 @@ fn models() -> Result<ExitCode> {
 /// Every registered attack with its kind, summary and parameters' defaults.
 fn attacks() -> Result<ExitCode> {
     for e in Registry::builtin().entries() {
-        println!("{:<6} {:?}: {}", e.name, e.kind, e.summary);
+        out!("{:<6} {:?}: {}", e.name, e.kind, e.summary);
         if let Some(params) = (e.defaults)().as_object() {
             for (key, value) in params {
-                println!("         --param {key}={value}");
+                out!("         --param {key}={value}");
             }
         }
     }
@@ -175,18 +206,24 @@ fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
 }
 
 fn attack(a: AttackArgs) -> Result<ExitCode> {
+    outputs::check(&outputs::of(&[
+        ("--json", &a.json, true),
+        ("--csv", &a.csv, true),
+        ("--grid", &a.grid, true),
+        ("--save-adversarials", &a.save_adversarials, a.force),
+    ]))?;
     let loaded = a.common.load(a.targeted.as_deref())?;
     let input = loaded.model.arch().input_shape();
     let attack = a
         .spec
         .build(a.attack.as_deref(), a.eps, input, Scope::One)?;
     let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
-    println!("{}", summary(&run.report));
+    out!("{}", summary(&run.report));
     let arch = loaded.model.arch();
     let name = |c: u32| arch.class_name(c as usize).unwrap_or_default();
     let o = &run.outcome;
     for (i, file) in loaded.files.iter().enumerate() {
-        println!(
+        out!(
             "  {}: {} {} -> {} {}{}",
             file.display(),
             o.clean_predictions[i],
@@ -249,6 +286,11 @@ fn grid(x: &Tensor, x_adv: &Tensor, o: &perturb::metrics::Outcome, path: &Path) 
 }
 
 fn eval(e: EvalArgs) -> Result<ExitCode> {
+    outputs::check(&outputs::of(&[
+        ("--plot", &e.plot, true),
+        ("--json", &e.json, true),
+        ("--csv", &e.csv, true),
+    ]))?;
     let loaded = e.common.load(None)?;
     let input = loaded.model.arch().input_shape();
     let eps = args::parse_list(&e.eps, "eps")?;
@@ -285,12 +327,16 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let refs: Vec<&dyn FixedBudget> = attacks.iter().map(|a| a.as_ref()).collect();
     let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
-    println!(
+    out!(
         "{:<8} {:<5} {:>8} {:>10} {:>10}",
-        "attack", "norm", "eps", "clean", "robust"
+        "attack",
+        "norm",
+        "eps",
+        "clean",
+        "robust"
     );
     for r in &sweep.reports {
-        println!(
+        out!(
             "{:<8} {:<5} {:>8} {:>9.2}% {:>9.2}%",
             r.attack.name,
             r.attack.norm.map(|n| n.to_string()).unwrap_or_default(),
@@ -301,7 +347,7 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
     }
     if refs.len() > 1 {
         for p in &sweep.worst_case {
-            println!(
+            out!(
                 "worst case at eps {}: {:.2} %",
                 p.eps,
                 100.0 * p.robust_accuracy
@@ -325,6 +371,7 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
 
 fn gate(g: GateArgs) -> Result<ExitCode> {
     Report::check_threshold(g.min_robust_accuracy).context("--min-robust-accuracy")?;
+    outputs::check(&outputs::of(&[("--json", &g.json, true)]))?;
     let loaded = g.common.load(None)?;
     let attack = g.spec.build(
         g.attack.as_deref(),
@@ -338,7 +385,7 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
         report::write_json(r, path).context("writing the gate's report")?;
     }
     let held = r.meets(g.min_robust_accuracy)?;
-    println!(
+    out!(
         "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {}{})",
         if held { "PASS" } else { "FAIL" },
         r.robust_accuracy,
