@@ -238,6 +238,7 @@ mod attack {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(stdout.contains("-> 859 toaster"), "{stdout}");
+        assert!(stdout.contains("toward 859 (toaster)"), "{stdout}");
         let report: Report = read_json(&json);
         assert_eq!((report.attack.target, report.successes), (Some(859), 1));
         // independent check of the file: decode, classify with plain candle
@@ -924,6 +925,53 @@ mod first_hour {
         ]);
         let stderr = text(&out.stderr);
         assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+
+    #[test]
+    fn image_files_refuse_mnist_selections_and_eval_grids_follow_the_norm() {
+        let photo = "assets/images/chelsea.png";
+        for flag in ["--n", "--offset"] {
+            let out = perturb(&[
+                "attack",
+                "--model",
+                "efficientnet-lite0",
+                "--image",
+                photo,
+                "--eps",
+                "0.01",
+                flag,
+                "3",
+            ]);
+            assert_eq!(out.status.code(), Some(2));
+            assert!(
+                text(&out.stderr).contains("--image"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+        let json = tmp("l2grid.json");
+        let out = perturb(&[
+            "eval",
+            "--model",
+            "mnist-linear",
+            "--attacks",
+            "fgsm",
+            "--norm",
+            "l2",
+            "--n",
+            "8",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let sweep: Sweep = read_json(&json);
+        let eps: Vec<f32> = sweep
+            .reports
+            .iter()
+            .map(|r| r.attack.eps.unwrap())
+            .collect();
+        assert_eq!(eps, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
     }
 
     #[test]

@@ -69,12 +69,12 @@ pub struct Common {
     /// Expected sha256 (hex) of weights given by path; loading fails on a mismatch.
     #[arg(long)]
     pub sha256: Option<String>,
-    /// Number of MNIST test images.
-    #[arg(long, default_value_t = 1000)]
-    pub n: usize,
-    /// Index of the first test image.
-    #[arg(long, default_value_t = 0)]
-    pub offset: usize,
+    /// Number of MNIST test images (default 1000; not with --image).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Index of the first test image (default 0; not with --image).
+    #[arg(long)]
+    pub offset: Option<usize>,
     /// Images per batch.
     #[arg(long, default_value_t = 250)]
     pub batch_size: usize,
@@ -174,12 +174,9 @@ pub struct EvalArgs {
     #[arg(long, default_value = "fgsm,pgd")]
     pub attacks: String,
     /// Comma-separated radii (numbers or fractions such as 8/255); 0 is the clean point.
-    #[arg(
-        long,
-        allow_negative_numbers = true,
-        default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3"
-    )]
-    pub eps: String,
+    /// Default by --norm: linf 0,0.05,…,0.3; l2 0,0.5,…,3; l1 0,2,…,12 (MNIST-sized budgets).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eps: Option<String>,
     #[command(flatten)]
     pub spec: Spec,
     /// Write the accuracy-vs-ε curve as PNG.
@@ -226,6 +223,15 @@ pub struct Loaded {
     pub target: Option<u32>,
     /// The image files, when the data came from `--image` (after skipping the target's class).
     pub files: Vec<PathBuf>,
+}
+
+/// The default ε grid of `eval` for `norm`: budgets of the sizes papers use on MNIST.
+pub fn default_eps_grid(norm: Norm) -> &'static str {
+    match norm {
+        Norm::Linf => "0,0.05,0.1,0.15,0.2,0.25,0.3",
+        Norm::L2 => "0,0.5,1,1.5,2,2.5,3",
+        Norm::L1 => "0,2,4,6,8,10,12",
+    }
 }
 
 /// Comma-separated numbers or fractions.
@@ -365,6 +371,16 @@ impl Spec {
 }
 
 impl Common {
+    /// Number of MNIST test images (default 1000).
+    pub fn n(&self) -> usize {
+        self.n.unwrap_or(1000)
+    }
+
+    /// Index of the first MNIST test image (default 0).
+    pub fn offset(&self) -> usize {
+        self.offset.unwrap_or(0)
+    }
+
     /// Load the model and the data: the `--image` files, or the MNIST test images
     /// `[offset, offset + n)`; images of the `target` class (a targeted attack's) are left out.
     pub fn load(&self, target: Option<&str>) -> Result<Loaded> {
@@ -378,7 +394,10 @@ impl Common {
             );
         }
         let model = zoo::resolve(&self.model, arch, self.sha256.as_deref(), &device)?;
-        if self.n == 0 || self.batch_size == 0 {
+        if !self.images.is_empty() && (self.n.is_some() || self.offset.is_some()) {
+            bail!("--n and --offset select MNIST test images; with --image every given file is attacked");
+        }
+        if self.n == Some(0) || self.batch_size == 0 {
             bail!("--n and --batch-size must be at least 1");
         }
         let arch = model.arch();
@@ -412,23 +431,24 @@ impl Common {
             labels = labels.index_select(&keep, 0)?;
         }
         let total = labels.dim(0)?;
-        let end = self.offset.checked_add(self.n).filter(|&e| e <= total);
+        let (n, offset) = (self.n(), self.offset());
+        let end = offset.checked_add(n).filter(|&e| e <= total);
         let Some(end) = end else {
             bail!(
                 "--offset {} --n {} asks for images past the {total} available MNIST test images",
-                self.offset,
-                self.n
+                offset,
+                n
             );
         };
         let data_name = match target {
-            None => format!("mnist-test[{}..{end}]", self.offset),
-            Some(t) => format!("mnist-test without class {t}[{}..{end}]", self.offset),
+            None => format!("mnist-test[{offset}..{end}]"),
+            Some(t) => format!("mnist-test without class {t}[{offset}..{end}]"),
         };
         Ok(Loaded {
             model,
             model_name: self.model.clone(),
-            images: images.narrow(0, self.offset, self.n)?,
-            labels: labels.narrow(0, self.offset, self.n)?,
+            images: images.narrow(0, offset, n)?,
+            labels: labels.narrow(0, offset, n)?,
             data_name,
             batch_size: self.batch_size,
             target,

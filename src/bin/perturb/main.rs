@@ -152,11 +152,17 @@ fn threat(r: &Report) -> String {
     }
 }
 
-fn summary(r: &Report) -> String {
+/// One line of figures; `class_name` names a targeted attack's class where the model knows it.
+fn summary(r: &Report, class_name: impl Fn(u32) -> Option<String>) -> String {
     let target = r
         .attack
         .target
-        .map(|t| format!(" toward {t}"))
+        .map(|t| match class_name(t) {
+            Some(name) if !name.is_empty() && name != t.to_string() => {
+                format!(" toward {t} ({name})")
+            }
+            _ => format!(" toward {t}"),
+        })
         .unwrap_or_default();
     let threat = threat(r);
     format!(
@@ -218,7 +224,13 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         .spec
         .build(a.attack.as_deref(), a.eps, input, Scope::One)?;
     let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
-    out!("{}", summary(&run.report));
+    let arch = loaded.model.arch();
+    out!(
+        "{}",
+        summary(&run.report, |c| arch
+            .class_name(c as usize)
+            .map(|n| n.to_string()))
+    );
     let arch = loaded.model.arch();
     let name = |c: u32| arch.class_name(c as usize).unwrap_or_default();
     let o = &run.outcome;
@@ -241,7 +253,7 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
                 .get(i)
                 .and_then(|f| f.file_stem())
                 .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("{}", a.common.offset + i));
+                .unwrap_or_else(|| format!("{}", a.common.offset() + i));
             perturb::data::save_png(&run.x_adv.get(i)?, dir.join(format!("{stem}.adv.png")), 1)?;
         }
     }
@@ -293,7 +305,9 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
     ]))?;
     let loaded = e.common.load(None)?;
     let input = loaded.model.arch().input_shape();
-    let eps = args::parse_list(&e.eps, "eps")?;
+    let norm: perturb::Norm = e.spec.norm.as_deref().unwrap_or("linf").parse()?;
+    let grid = e.eps.as_deref().unwrap_or(args::default_eps_grid(norm));
+    let eps = args::parse_list(grid, "eps")?;
     if eps.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
         bail!("--eps: every value must be finite and >= 0");
     }
