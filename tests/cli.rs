@@ -975,6 +975,45 @@ mod first_hour {
     }
 
     #[test]
+    fn weights_are_checked_before_they_are_read() {
+        // /dev/zero used to be read until memory ran out
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "/dev/zero",
+            "--arch",
+            "small-cnn",
+            "--eps",
+            "0.1",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("not a regular file"),
+            "{}",
+            text(&out.stderr)
+        );
+        let bomb = tmp("header-bomb.safetensors");
+        let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(&bomb, bytes).unwrap();
+        let out = perturb(&[
+            "attack",
+            "--model",
+            bomb.to_str().unwrap(),
+            "--arch",
+            "small-cnn",
+            "--eps",
+            "0.1",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("header"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    #[test]
     fn clap_tips_and_usage_are_kept_on_the_one_line() {
         let out = perturb(&[
             "attack",

@@ -303,10 +303,7 @@ pub fn load_file(
     expected_sha256: Option<&str>,
     device: &Device,
 ) -> Result<ZooModel> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_weights(path)?;
     if let Some(expected) = expected_sha256 {
         let got = sha256_hex(&bytes);
         if !got.eq_ignore_ascii_case(expected.trim()) {
@@ -323,6 +320,51 @@ pub fn load_file(
             reason: e.to_string(),
         })?;
     arch.build(&tensors, path)
+}
+
+/// Largest weights file read (4 GiB): far above any zoo architecture's, far below a mistake
+/// such as `/dev/zero` or a disk image.
+pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
+
+/// Largest safetensors header accepted (100 MiB, the format's own recommendation).
+pub const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// The bytes of a safetensors file, checked before they are read: a regular file of at most
+/// [`MAX_WEIGHTS_BYTES`] whose declared header fits [`MAX_HEADER_BYTES`] and the file.
+fn read_weights(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let weights = |reason: String| Error::Weights {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(weights("not a regular file".into()));
+    }
+    let len = meta.len();
+    if len > MAX_WEIGHTS_BYTES {
+        return Err(weights(format!(
+            "{len} bytes, more than the {MAX_WEIGHTS_BYTES} a weights file may have"
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head)
+        .map_err(|_| weights(format!("{len} bytes, too short for a safetensors header")))?;
+    let header = u64::from_le_bytes(head);
+    if header > MAX_HEADER_BYTES || header > len - 8 {
+        return Err(weights(format!(
+            "declares a {header}-byte safetensors header in a {len}-byte file"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    bytes.extend_from_slice(&head);
+    file.take(len - 8).read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 /// Load a model named on a command line: a shipped name (verified against `SHA256SUMS`), or a
