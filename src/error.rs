@@ -96,6 +96,13 @@ pub enum Error {
         /// Shape the model returned.
         got: Vec<usize>,
     },
+    /// The model's logits are NaN or infinite: no verdict (fooled or robust) can be read from
+    /// them.
+    #[error("the model's outputs are not finite (NaN or infinite logits) on samples {samples:?} of the batch")]
+    NonFiniteLogits {
+        /// Indices in the batch of the samples concerned (the first 10).
+        samples: Vec<usize>,
+    },
     /// A loss needs more classes than the model has.
     #[error("loss {loss} needs at least {needed} classes, the model has {got}")]
     TooFewClasses {

@@ -118,7 +118,7 @@ impl<C: Classifier> Classifier for Normalized<C> {
     }
 }
 
-/// Logits of `model` on `x`, checked to be `[N, K]` with `K >= 2`, as `f32`.
+/// Logits of `model` on `x`, checked to be `[N, K]` with `K >= 2` and finite, as `f32`.
 pub(crate) fn checked_logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
     let logits = model.logits(x)?;
     let n = x.dim(0)?;
@@ -129,7 +129,17 @@ pub(crate) fn checked_logits(model: &dyn Classifier, x: &Tensor) -> Result<Tenso
             got: dims.to_vec(),
         });
     }
-    Ok(logits.to_dtype(DType::F32)?)
+    let logits = logits.to_dtype(DType::F32)?;
+    let k = dims[1];
+    let host = logits.flatten_all()?.to_vec1::<f32>()?;
+    let samples: Vec<usize> = (0..n)
+        .filter(|&i| host[i * k..(i + 1) * k].iter().any(|v| !v.is_finite()))
+        .take(10)
+        .collect();
+    if !samples.is_empty() {
+        return Err(Error::NonFiniteLogits { samples });
+    }
+    Ok(logits)
 }
 
 /// Predicted class (argmax of the logits) per sample.

@@ -166,6 +166,17 @@ fn every_attack_refuses_bad_input_with_typed_errors() {
     let far_label = Tensor::new(&[0u32, 1, 7, 2], &dev).unwrap();
     let short_labels = Tensor::new(&[0u32, 1], &dev).unwrap();
     let not_logits = |t: &Tensor| t.flatten_from(1)?.sum_keepdim(1);
+    // a model whose logits are NaN on sample 2 only, and infinite on sample 3
+    let mask = Tensor::new(&[[1f32], [1.0], [f32::NAN], [f32::INFINITY]], &dev).unwrap();
+    let broken = |t: &Tensor| match t.dim(0)? {
+        4 => model.forward(t)?.broadcast_mul(&mask),
+        _ => model.forward(t), // the gradient check's probes of the first samples
+    };
+    let check = perturb::GradientCheck::new().run(&broken, &x).err();
+    assert!(
+        matches!(&check, Some(Error::NonFiniteLogits { samples }) if samples == &[2, 3]),
+        "{check:?}"
+    );
     for attack in attacks([0.1, 0.5, 2.0], 0) {
         let name = attack.name();
         let goal = Goal::untargeted(&y);
@@ -226,6 +237,11 @@ fn every_attack_refuses_bad_input_with_typed_errors() {
             matches!(attack.at_eps(-1.0).err(), Some(Error::InvalidEpsilon(_))),
             "{name}"
         );
+        // never counted as fooled or robust: an error naming the samples
+        match attack.run(&broken, &x, &goal) {
+            Err(Error::NonFiniteLogits { samples }) => assert_eq!(samples, [2, 3], "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
     }
 }
 
