@@ -26,7 +26,8 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Write any report (a [`Report`], a [`Sweep`](crate::metrics::Sweep), a list of them) as pretty JSON.
+/// Write any report (a [`Report`], a [`Sweep`](crate::metrics::Sweep), a list of them) as pretty
+/// JSON.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be written.
