@@ -7,7 +7,8 @@
 //! cargo run --release --example cat_to_toaster -- --image my.jpg --target "espresso"
 //! ```
 //! Flags (defaults): `--image assets/images/chelsea.png`, `--target toaster` (a class name or
-//! index), `--eps 1,2,4,8` (in 1/255), `--steps 50`, `--out cat_to_toaster_out`.
+//! index), `--eps 1,2,4,8` (in 1/255), `--steps 50`, `--out cat_to_toaster_out`; `--help` lists
+//! them.
 //! Writes `original.png`, `adversarial.png` (lossless; re-reading it reproduces the prediction),
 //! `perturbation.png` (δ amplified to the full range: mid-grey is 0) and `before_after.png`
 //! (the three side by side).
@@ -15,8 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor};
+use clap::Parser;
 use perturb::data::{load_photo, sample_photo, save_png, Fit};
 use perturb::zoo::{self, class_index, imagenet_classes};
 use perturb::{Attack, Budget, Goal, Pgd};
@@ -58,33 +60,32 @@ fn side_by_side(images: &[&Tensor], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Turn a photo into a chosen ImageNet class with targeted L∞ PGD against EfficientNet-Lite0.
+#[derive(Parser)]
+struct Args {
+    /// The photo (PNG, JPEG, …) [default: assets/images/chelsea.png under PERTURB_HOME or the
+    /// checkout]
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Target class: an ImageNet class name or index
+    #[arg(long, default_value = "toaster")]
+    target: String,
+    /// Budgets to try in order, whole numbers of 1/255, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    eps: Vec<u32>,
+    /// PGD steps
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Output directory
+    #[arg(long, default_value = "cat_to_toaster_out")]
+    out: PathBuf,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let mut image = sample_photo("chelsea.png");
-    let (mut target, mut eps_list, mut steps, mut out) = (
-        "toaster".to_string(),
-        vec![1u32, 2, 4, 8],
-        50usize,
-        PathBuf::from("cat_to_toaster_out"),
-    );
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--image" => image = value()?.into(),
-            "--target" => target = value()?,
-            "--eps" => {
-                eps_list = value()?
-                    .split(',')
-                    .map(|v| v.trim().parse::<u32>())
-                    .collect::<Result<_, _>>()
-                    .context("--eps: whole numbers of 1/255")?
-            }
-            "--steps" => steps = value()?.parse()?,
-            "--out" => out = value()?.into(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
+    let args = Args::parse();
+    let image = args.image.unwrap_or_else(|| sample_photo("chelsea.png"));
+    let (target, eps_list, steps, out) = (args.target, args.eps, args.steps, args.out);
     let start = Instant::now();
     let device = Device::Cpu;
     let model = zoo::load("efficientnet-lite0", &device)?;

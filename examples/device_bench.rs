@@ -6,16 +6,17 @@
 //! cargo run --release --example device_bench                      # cpu
 //! cargo run --release --features cuda --example device_bench -- --device cuda --json cuda.json
 //! ```
-//! `--model NAME` restricts the run to one model. Each figure is the median of `--reps` (default
-//! 5) runs after one warm-up, PGD-10 of `--pgd-reps` (default 3); on CUDA every run ends with a
-//! device synchronisation. MNIST models use the first test digits, EfficientNet-Lite0
-//! the five sample photos repeated to the batch size.
+//! `--model NAME` restricts the run to one model (`--help` lists the flags). Each figure is the
+//! median of `--reps` (default 5) runs after one warm-up, PGD-10 of `--pgd-reps` (default 3); on
+//! CUDA every run ends with a device synchronisation. MNIST models use the first test digits,
+//! EfficientNet-Lite0 the five sample photos repeated to the batch size.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Module, Tensor};
+use clap::Parser;
 use perturb::data::{load_photo, sample_photo, Fit, Mnist, SAMPLE_PHOTOS};
 use perturb::{loss_and_grad, zoo, Attack, Budget, Goal, Loss, Pgd};
 
@@ -40,23 +41,36 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
 }
 
+/// Time forward, loss gradient and PGD-10 of the shipped models on a device, checked against
+/// the CPU.
+#[derive(Parser)]
+struct Args {
+    /// Device: cpu, cuda or cuda:i (CUDA needs --features cuda)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Timed runs per figure (the median is reported), after one warm-up
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Timed runs of PGD-10
+    #[arg(long, default_value_t = 3)]
+    pgd_reps: usize,
+    /// Also write the table as JSON to this file
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Only this shipped model
+    #[arg(long = "model")]
+    only: Option<String>,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let (mut device, mut reps, mut json) = ("cpu".to_string(), 5usize, None::<PathBuf>);
-    let mut pgd_reps = 3usize;
-    let mut only: Option<String> = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--device" => device = value()?,
-            "--reps" => reps = value()?.parse()?,
-            "--pgd-reps" => pgd_reps = value()?.parse()?,
-            "--json" => json = Some(value()?.into()),
-            "--model" => only = Some(value()?),
-            other => bail!("unknown flag {other}"),
-        }
-    }
+    let Args {
+        device,
+        reps,
+        pgd_reps,
+        json,
+        only,
+    } = Args::parse();
     let dev = perturb::device::parse(&device)?;
     let cpu = Device::Cpu;
     let (digits, digit_labels) = Mnist::load_test_default(&cpu)?;

@@ -3,44 +3,61 @@
 //! ```sh
 //! cargo run --release --example evaluate -- --model mnist-cnn --eps 0.3 --steps 40 --step-size 0.01
 //! ```
-//! `--weights FILE [--arch small-cnn]` evaluates unpinned weights (a training checkpoint).
+//! `--help` lists the flags. `--weights FILE [--arch small-cnn]` evaluates unpinned weights (a
+//! training checkpoint).
 //! Prints clean accuracy on all 10,000 test images, then FGSM and PGD (random start, early stop,
 //! seed 0) robust accuracy on the first `--n` images (default 1,000) and, with `--full`, on all.
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::Device;
+use clap::Parser;
 use perturb::data::Mnist;
 use perturb::eval::{count_correct, count_robust};
 use perturb::{zoo, Attack, Budget, Fgsm, Pgd};
 
+/// Clean and robust (FGSM, PGD) accuracy of a shipped model on the MNIST test set.
+#[derive(Parser)]
+struct Args {
+    /// Shipped model name
+    #[arg(long = "model", default_value = "mnist-cnn")]
+    name: String,
+    /// L∞ budget
+    #[arg(long, default_value_t = 0.3)]
+    eps: f32,
+    /// PGD steps
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    /// PGD step size
+    #[arg(long = "step-size", default_value_t = 0.01)]
+    alpha: f32,
+    /// Attack the first N test images
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Also attack all 10,000 test images
+    #[arg(long)]
+    full: bool,
+    /// Evaluate these unpinned weights (a training checkpoint) instead of a shipped model
+    #[arg(long)]
+    weights: Option<String>,
+    /// Architecture of --weights
+    #[arg(long, default_value = "small-cnn")]
+    arch: zoo::Arch,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let (mut name, mut eps, mut steps, mut alpha, mut n, mut full) = (
-        "mnist-cnn".to_string(),
-        0.3f32,
-        40usize,
-        0.01f32,
-        1000usize,
-        false,
-    );
-    let (mut weights, mut arch) = (None::<String>, zoo::Arch::SmallCnn);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => name = value()?,
-            "--eps" => eps = value()?.parse()?,
-            "--steps" => steps = value()?.parse()?,
-            "--step-size" => alpha = value()?.parse()?,
-            "--n" => n = value()?.parse()?,
-            "--full" => full = true,
-            "--weights" => weights = Some(value()?),
-            "--arch" => arch = value()?.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
+    let Args {
+        mut name,
+        eps,
+        steps,
+        alpha,
+        n,
+        full,
+        weights,
+        arch,
+    } = Args::parse();
     let device = Device::Cpu;
     let model = match &weights {
         // Unpinned weights of a zoo architecture, e.g. a training checkpoint.

@@ -6,10 +6,11 @@
 //! cargo run --release --example flip_digit -- --index 42        # another test digit
 //! cargo run --release --example flip_digit -- --image my7.png   # your own digit (white on black)
 //! ```
-//! Options: `--model NAME` (default mnist-cnn), `--out DIR` (default `.`).
+//! Options: `--model NAME` (default mnist-cnn), `--out DIR` (default `.`); `--help` lists them.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{Device, Module, Tensor};
+use clap::Parser;
 use perturb::data::{load_image, save_png, Mnist};
 use perturb::{zoo, Attack, Budget, Fgsm, Goal, Pgd};
 
@@ -56,25 +57,31 @@ fn smallest_eps<A: Attack>(
     Ok(Some((hi, best)))
 }
 
+/// Find the smallest L∞ budget at which FGSM and PGD flip a digit's prediction, and write PNGs.
+#[derive(Parser)]
+struct Args {
+    /// Shipped model name
+    #[arg(long = "model", default_value = "mnist-cnn")]
+    model_name: String,
+    /// MNIST test digit to attack
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Your own 28×28 digit (white on black) instead of a test digit
+    #[arg(long)]
+    image: Option<String>,
+    /// Output directory of the PNGs
+    #[arg(long, default_value = ".")]
+    out: std::path::PathBuf,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let (mut model_name, mut index, mut image, mut out) = (
-        "mnist-cnn".to_string(),
-        0usize,
-        None::<String>,
-        std::path::PathBuf::from("."),
-    );
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => model_name = value()?,
-            "--index" => index = value()?.parse()?,
-            "--image" => image = Some(value()?),
-            "--out" => out = value()?.into(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
+    let Args {
+        model_name,
+        index,
+        image,
+        out,
+    } = Args::parse();
     let device = Device::Cpu;
     let model = zoo::load(&model_name, &device)?;
     let (x, source) = match &image {

@@ -9,7 +9,8 @@
 //! Flags (defaults): `--model mnist-cnn`, `--areas 0.05,0.082,0.154,0.216,0.25`, `--targets 0,8`,
 //! `--steps 1000`, `--batch-size 128`, `--lr 0.1` (Adam), `--rotation 20`, `--eval 1200` (first test
 //! images; those of the target class are skipped), `--seed 0`, `--out patch_out`,
-//! `--no-sticker`. Patches train on the 60,000 training images, placed anywhere, rotated ±20°.
+//! `--no-sticker`, `--cw-kappa K`, `--replot DIR`; `--help` lists them. Patches train on the
+//! 60,000 training images, placed anywhere, rotated ±20°.
 //! Writes `patch_curve.json`, `patch.png` (the largest target-8 patch, 8× enlarged), a grid of
 //! clean vs patched test digits, and the sticker's patch and grid.
 
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use perturb::attack::{apply_patch, PatchTrainer, Placement, Region, Transforms};
 use perturb::data::Mnist;
 use perturb::report::{image_grid, GridRow};
@@ -37,17 +39,6 @@ struct Point {
     noise_success_rate: f64,
     images: usize,
     train_seconds: f64,
-}
-
-fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
-    s.split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .ok()
-                .with_context(|| format!("--{what}: bad value {v:?}"))
-        })
-        .collect()
 }
 
 /// The images whose label is not `target`, with their labels.
@@ -86,42 +77,83 @@ fn grid(
     Ok(())
 }
 
+/// Universal targeted patches against a shipped MNIST classifier: success versus patch area.
+#[derive(Parser)]
+struct Args {
+    /// Shipped model name
+    #[arg(long = "model", default_value = "mnist-cnn")]
+    model_name: String,
+    /// Patch areas as fractions of the image, comma-separated
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.05,0.082,0.154,0.216,0.25"
+    )]
+    areas: Vec<f32>,
+    /// Target classes, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "0,8")]
+    targets: Vec<u32>,
+    /// Training steps per patch
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Training images per step
+    #[arg(long = "batch-size", default_value_t = 128)]
+    batch: usize,
+    /// Adam learning rate
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+    /// Random rotation of the patch during training and evaluation, ± degrees
+    #[arg(long, default_value_t = 20.0)]
+    rotation: f32,
+    /// Evaluate on the first N test images (those of the target class are skipped)
+    #[arg(long = "eval", default_value_t = 1200)]
+    eval_n: usize,
+    /// Seed of placements and training
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory
+    #[arg(long, default_value = "patch_out")]
+    out: PathBuf,
+    /// Skip the sticker on the digit's centre
+    #[arg(long)]
+    no_sticker: bool,
+    /// Only redraw DIR/patch_curve.png from the patch_curve.json of an earlier run in DIR
+    #[arg(long, value_name = "DIR")]
+    replot: Option<PathBuf>,
+    /// Train with the Carlini–Wagner margin loss with this confidence κ instead of cross-entropy
+    #[arg(long = "cw-kappa")]
+    cw_kappa: Option<f32>,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let mut model_name = "mnist-cnn".to_string();
-    let mut loss = perturb::Loss::CrossEntropy;
-    let (mut areas, mut targets) = (vec![0.05f32, 0.082, 0.154, 0.216, 0.25], vec![0u32, 8]);
-    let (mut steps, mut batch, mut lr, mut rotation) = (1000usize, 128usize, 0.1f32, 20f32);
-    let (mut eval_n, mut seed, mut out, mut sticker) =
-        (1200usize, 0u64, PathBuf::from("patch_out"), true);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => model_name = value()?,
-            "--areas" => areas = list(&value()?, "areas")?,
-            "--targets" => targets = list(&value()?, "targets")?,
-            "--steps" => steps = value()?.parse()?,
-            "--batch-size" => batch = value()?.parse()?,
-            "--lr" => lr = value()?.parse()?,
-            "--rotation" => rotation = value()?.parse()?,
-            "--eval" => eval_n = value()?.parse()?,
-            "--seed" => seed = value()?.parse()?,
-            "--out" => out = PathBuf::from(value()?),
-            "--no-sticker" => sticker = false,
-            "--replot" => {
-                // redraw patch_curve.png from the JSON of an earlier run in DIR
-                let dir = PathBuf::from(value()?);
-                let points: Vec<Point> = serde_json::from_str(
-                    &std::fs::read_to_string(dir.join("patch_curve.json"))
-                        .context("reading patch_curve.json")?,
-                )?;
-                return plot(&points, &dir.join("patch_curve.png"));
-            }
-            "--cw-kappa" => loss = perturb::Loss::cw(value()?.parse()?)?,
-            other => bail!("unknown flag {other}"),
-        }
+    let args = Args::parse();
+    if let Some(dir) = &args.replot {
+        let points: Vec<Point> = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("patch_curve.json"))
+                .context("reading patch_curve.json")?,
+        )?;
+        return plot(&points, &dir.join("patch_curve.png"));
     }
+    let loss = match args.cw_kappa {
+        Some(kappa) => perturb::Loss::cw(kappa)?,
+        None => perturb::Loss::CrossEntropy,
+    };
+    let Args {
+        model_name,
+        areas,
+        targets,
+        steps,
+        batch,
+        lr,
+        rotation,
+        eval_n,
+        seed,
+        out,
+        no_sticker,
+        ..
+    } = args;
+    let sticker = !no_sticker;
     std::fs::create_dir_all(&out)?;
     let dev = Device::Cpu;
     let model = zoo::load(&model_name, &dev)?;

@@ -8,7 +8,7 @@
 //! ```
 //! Flags (defaults): `--target toaster`, `--area 0.1` (of the 224×224 image), `--steps 300`,
 //! `--batch-size 8`, `--lr 0.05` (Adam), `--crops 16` (per photo, for training and again for
-//! evaluation), `--seed 0`, `--out toaster_sticker_out`.
+//! evaluation), `--seed 0`, `--out toaster_sticker_out`; `--help` lists them.
 //!
 //! Crops: a random square of 60–100 % of the photo's shorter side at a random position, mirrored
 //! half of the time, resized to 224×224. Training and held-out crops come from different seeds of
@@ -20,8 +20,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use image::{imageops, RgbImage};
 use perturb::attack::{apply_patch, PatchOptimizer, PatchTrainer, Transforms};
 use perturb::data::{sample_photo, SAMPLE_PHOTOS};
@@ -55,26 +56,48 @@ fn crops(photos: &[RgbImage], per_photo: usize, seed: u64, dev: &Device) -> Resu
     Ok(Tensor::stack(&out, 0)?)
 }
 
+/// Train a universal "toaster sticker" patch against EfficientNet-Lite0 on crops of the sample
+/// photos and measure it on held-out crops.
+#[derive(Parser)]
+struct Args {
+    /// Target class: an ImageNet class name or index
+    #[arg(long, default_value = "toaster")]
+    target: String,
+    /// Patch area as a fraction of the 224×224 image
+    #[arg(long, default_value_t = 0.1)]
+    area: f32,
+    /// Training steps
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    /// Crops per training step
+    #[arg(long = "batch-size", default_value_t = 8)]
+    batch: usize,
+    /// Adam learning rate
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// Random crops per photo, for training and again for evaluation
+    #[arg(long = "crops", default_value_t = 16)]
+    per_photo: usize,
+    /// Seed of crops, placements and training
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory
+    #[arg(long, default_value = "toaster_sticker_out")]
+    out: PathBuf,
+}
+
 fn main() -> Result<()> {
     perturb::tune_allocator();
-    let (mut target, mut area, mut steps, mut batch, mut lr) =
-        ("toaster".to_string(), 0.1f32, 300usize, 8usize, 0.05f32);
-    let (mut per_photo, mut seed, mut out) = (16usize, 0u64, PathBuf::from("toaster_sticker_out"));
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--target" => target = value()?,
-            "--area" => area = value()?.parse()?,
-            "--steps" => steps = value()?.parse()?,
-            "--batch-size" => batch = value()?.parse()?,
-            "--lr" => lr = value()?.parse()?,
-            "--crops" => per_photo = value()?.parse()?,
-            "--seed" => seed = value()?.parse()?,
-            "--out" => out = value()?.into(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
+    let Args {
+        target,
+        area,
+        steps,
+        batch,
+        lr,
+        per_photo,
+        seed,
+        out,
+    } = Args::parse();
     let dev = Device::Cpu;
     let model = zoo::load("efficientnet-lite0", &dev)?;
     let target = class_index(&target, 1000)? as u32;

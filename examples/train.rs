@@ -1,27 +1,89 @@
 //! Train a zoo architecture on the vendored MNIST, standard or adversarially.
 //!
 //! ```sh
-//! cargo run --release --example train -- --arch mnist-linear --epochs 5 --out models/mnist-linear.safetensors
-//! cargo run --release --example train -- --arch small-cnn --epochs 4 --out models/mnist-cnn.safetensors
+//! cargo run --release --example train -- --arch mnist-linear --epochs 5 --out mnist-linear.safetensors
+//! cargo run --release --example train -- --arch small-cnn --epochs 4 --out mnist-cnn.safetensors
 //! # adversarial training with FGSM + random start (Wong et al. 2020) at ε = 0.3:
 //! cargo run --release --example train -- --arch small-cnn --epochs 10 --adversarial fgsm-rs \
-//!     --eps 0.3 --alpha 0.375 --out models/mnist-cnn-robust.safetensors
+//!     --eps 0.3 --alpha 0.375 --out mnist-cnn-robust.safetensors
 //! ```
 //! Prints one line per epoch, then the clean test accuracy, the wall time and the sha256 of the
-//! written file: everything a model card records.
+//! written file: everything a model card records. `--help` lists the flags.
+//!
+//! The weights go to `--out` (default `trained.safetensors` in the current directory). The example
+//! refuses an `--out` or `--checkpoint` inside the shipped `models/` folder (the checkout's, or
+//! that of `PERTURB_HOME`) unless `--into-models` is given: a retrained file there would replace
+//! a pinned model, which `perturb models` then reports as MISMATCH and the zoo refuses. To check
+//! a reproduction, compare the printed sha256 with `models/SHA256SUMS`.
 //!
 //! Long runs can span sessions: `--checkpoint FILE` saves the weights after every epoch, and
 //! `--init FILE --start-epoch K` resumes at epoch K with the same shuffles, attack seeds and
 //! learning rates (Adam's moments restart from zero, so give both commands on the card).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
+use clap::Parser;
 use perturb::data::Mnist;
 use perturb::train::{train, TrainConfig};
 use perturb::zoo::{self, Arch};
 use perturb::{Attack, Budget, Pgd};
+
+/// Train a zoo architecture on the vendored MNIST, standard or adversarially.
+#[derive(Parser)]
+struct Cli {
+    /// Architecture: mnist-linear or small-cnn
+    #[arg(long, default_value = "small-cnn")]
+    arch: Arch,
+    /// Passes over the training set [default: 3]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch [default: 128]
+    #[arg(long = "batch-size")]
+    batch_size: Option<usize>,
+    /// Adam learning rate [default: 0.001]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Final epochs run at a tenth of the learning rate [default: 0]
+    #[arg(long = "decay-epochs")]
+    decay_epochs: Option<usize>,
+    /// Seed of initialization, shuffling and attacks [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Adversarial training: fgsm-rs (FGSM with random start) or pgd
+    #[arg(long)]
+    adversarial: Option<String>,
+    /// L∞ budget of adversarial training
+    #[arg(long, default_value_t = 0.3)]
+    eps: f32,
+    /// Step size of adversarial training [default: 1.25 × eps]
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// PGD steps of --adversarial pgd
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Train on the first N training images only
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Where to write the trained weights (never into models/ without --into-models)
+    #[arg(long, default_value = "trained.safetensors")]
+    out: PathBuf,
+    /// Start from these weights (resume with --start-epoch)
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// First epoch to run (from 1), when resuming from --init [default: 1]
+    #[arg(long = "start-epoch")]
+    start_epoch: Option<usize>,
+    /// Save the weights to this file after every epoch
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Allow --out or --checkpoint inside the shipped models/ folder (replacing a shipped model
+    /// makes `perturb models` report MISMATCH and the zoo refuse it)
+    #[arg(long)]
+    into_models: bool,
+}
 
 struct Args {
     arch: Arch,
@@ -30,48 +92,92 @@ struct Args {
     eps: f32,
     alpha: Option<f32>,
     steps: usize,
-    out: std::path::PathBuf,
+    out: PathBuf,
     limit: Option<usize>,
-    init: Option<std::path::PathBuf>,
-    checkpoint: Option<std::path::PathBuf>,
+    init: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+}
+
+/// The shipped models/ folders: that of PERTURB_HOME (or the checkout) and the checkout's own.
+fn models_dirs() -> Vec<PathBuf> {
+    [
+        zoo::models_dir(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+    ]
+    .iter()
+    .filter_map(|d| d.canonicalize().ok())
+    .collect()
+}
+
+/// Whether writing `path` would put a file inside a shipped models/ folder: the nearest existing
+/// ancestor of `path`, resolved, lies in one.
+fn in_models_dir(path: &Path) -> bool {
+    let mut existing = path;
+    let resolved = loop {
+        match existing.parent() {
+            Some(p) if p.as_os_str().is_empty() => break Path::new(".").canonicalize(),
+            Some(p) => {
+                if p.exists() {
+                    break p.canonicalize();
+                }
+                existing = p;
+            }
+            None => break path.canonicalize(),
+        }
+    };
+    let Ok(resolved) = resolved else {
+        return false;
+    };
+    models_dirs().iter().any(|d| resolved.starts_with(d))
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args {
-        arch: Arch::SmallCnn,
-        cfg: TrainConfig::default(),
-        adversarial: None,
-        eps: 0.3,
-        alpha: None,
-        steps: 1,
-        out: "trained.safetensors".into(),
-        limit: None,
-        init: None,
-        checkpoint: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--arch" => a.arch = value()?.parse()?,
-            "--epochs" => a.cfg.epochs = value()?.parse()?,
-            "--batch-size" => a.cfg.batch_size = value()?.parse()?,
-            "--lr" => a.cfg.lr = value()?.parse()?,
-            "--decay-epochs" => a.cfg.decay_epochs = value()?.parse()?,
-            "--seed" => a.cfg.seed = value()?.parse()?,
-            "--adversarial" => a.adversarial = Some(value()?),
-            "--eps" => a.eps = value()?.parse()?,
-            "--alpha" => a.alpha = Some(value()?.parse()?),
-            "--steps" => a.steps = value()?.parse()?,
-            "--limit" => a.limit = Some(value()?.parse()?),
-            "--out" => a.out = value()?.into(),
-            "--init" => a.init = Some(value()?.into()),
-            "--start-epoch" => a.cfg.start_epoch = value()?.parse()?,
-            "--checkpoint" => a.checkpoint = Some(value()?.into()),
-            other => bail!("unknown flag {other}"),
+    let cli = Cli::parse();
+    let mut cfg = TrainConfig::default();
+    if let Some(v) = cli.epochs {
+        cfg.epochs = v;
+    }
+    if let Some(v) = cli.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = cli.lr {
+        cfg.lr = v;
+    }
+    if let Some(v) = cli.decay_epochs {
+        cfg.decay_epochs = v;
+    }
+    if let Some(v) = cli.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = cli.start_epoch {
+        cfg.start_epoch = v;
+    }
+    for (flag, path) in [
+        ("--out", Some(&cli.out)),
+        ("--checkpoint", cli.checkpoint.as_ref()),
+    ] {
+        if let Some(path) = path {
+            if !cli.into_models && in_models_dir(path) {
+                bail!(
+                    "{flag} {} lies in the shipped models/ folder; write elsewhere and compare the \
+                     printed sha256 with models/SHA256SUMS, or pass --into-models to replace it",
+                    path.display()
+                );
+            }
         }
     }
-    Ok(a)
+    Ok(Args {
+        arch: cli.arch,
+        cfg,
+        adversarial: cli.adversarial,
+        eps: cli.eps,
+        alpha: cli.alpha,
+        steps: cli.steps,
+        out: cli.out,
+        limit: cli.limit,
+        init: cli.init,
+        checkpoint: cli.checkpoint,
+    })
 }
 
 fn main() -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
 use flate2::write::GzEncoder;
@@ -65,8 +65,6 @@ fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
 mod vendored {
     use super::*;
 
-    const DIR: &str = Mnist::DEFAULT_DIR;
-
     #[test]
     fn loads_with_official_counts_and_range() -> TestResult {
         let mnist = Mnist::load_default(&Device::Cpu)?;
@@ -97,11 +95,11 @@ mod vendored {
 
     #[test]
     fn files_match_sha256sums() -> TestResult {
-        let sums = fs::read_to_string(Path::new(DIR).join("SHA256SUMS"))?;
+        let sums = fs::read_to_string(Mnist::default_dir().join("SHA256SUMS"))?;
         let mut listed = Vec::new();
         for line in sums.lines().filter(|l| !l.trim().is_empty()) {
             let (digest, name) = line.split_once("  ").expect("sha256sum format");
-            let bytes = fs::read(Path::new(DIR).join(name))?;
+            let bytes = fs::read(Mnist::default_dir().join(name))?;
             assert_eq!(sha256_hex(&bytes), digest, "{name}");
             listed.push(name.to_string());
         }
@@ -123,7 +121,7 @@ mod vendored {
         ];
         for (name, digest) in MNIST_FILES.iter().zip(official) {
             let mut raw = Vec::new();
-            let file = fs::File::open(Path::new(DIR).join(format!("{name}.gz")))?;
+            let file = fs::File::open(Mnist::default_dir().join(format!("{name}.gz")))?;
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut raw)?;
             assert_eq!(sha256_hex(&raw), digest, "{name}");
         }
@@ -133,7 +131,7 @@ mod vendored {
     #[test]
     fn read_idx_reads_plain_and_gzip_alike() -> TestResult {
         let tmp = TempDir::new("plain");
-        let gz = Path::new(DIR).join("t10k-labels-idx1-ubyte.gz");
+        let gz = Mnist::default_dir().join("t10k-labels-idx1-ubyte.gz");
         let from_gz = read_idx(&gz)?;
         let mut raw = Vec::new();
         std::io::Read::read_to_end(

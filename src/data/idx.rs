@@ -7,8 +7,8 @@
 //! `1f 8b`, not by the file name.
 //!
 //! ```
-//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist");
-//! let labels = perturb::data::read_idx(format!("{dir}/t10k-labels-idx1-ubyte.gz"))?;
+//! let dir = perturb::data::Mnist::default_dir();
+//! let labels = perturb::data::read_idx(dir.join("t10k-labels-idx1-ubyte.gz"))?;
 //! assert_eq!(labels.dims, [10_000]);
 //! assert_eq!(&labels.data[..5], &[7, 2, 1, 0, 4]);
 //! # Ok::<(), perturb::Error>(())
@@ -51,7 +51,7 @@ pub struct IdxArray {
 /// bytes, and for gzip the stream's checksum.
 ///
 /// ```
-/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist/t10k-images-idx3-ubyte.gz");
+/// let path = perturb::data::Mnist::default_dir().join("t10k-images-idx3-ubyte.gz");
 /// let images = perturb::data::read_idx(path)?;
 /// assert_eq!(images.dims, [10_000, 28, 28]);
 /// assert_eq!(images.data.len(), 10_000 * 28 * 28);

@@ -104,9 +104,10 @@ pub const SAMPLE_PHOTOS: [&str; 5] = [
     "motorcycle_left.png",
 ];
 
-/// Path of a vendored sample photo, e.g. `sample_photo("chelsea.png")`.
+/// Path of a vendored sample photo, e.g. `sample_photo("chelsea.png")`: `assets/images/` under
+/// [`home`](super::home) (`PERTURB_HOME`, or this crate's source tree).
 pub fn sample_photo(name: &str) -> std::path::PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images")).join(name)
+    super::home().join("assets").join("images").join(name)
 }
 
 /// How a photo is brought to the model's square input size.

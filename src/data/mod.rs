@@ -40,6 +40,32 @@ pub const MNIST_FILES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
+/// The environment variable that names the directory holding the shipped files: see [`home`].
+pub const HOME_ENV: &str = "PERTURB_HOME";
+
+/// The directory holding perturb's shipped files: `models/` (weights and cards), `data/mnist/`
+/// and `assets/images/` (the sample photos).
+///
+/// It is the value of `PERTURB_HOME` when that is set and not empty, else this crate's source
+/// tree as compiled in (`CARGO_MANIFEST_DIR`), which is the checkout for `cargo run`, `cargo test`
+/// and a binary installed with `cargo install --path .` from a checkout that still exists.
+/// There is no per-file fallback: with `PERTURB_HOME` set, a file missing there is missing.
+/// [`zoo::models_dir`](crate::zoo::models_dir), [`Mnist::default_dir`] and [`sample_photo`] all
+/// resolve through this function, at each call.
+///
+/// ```
+/// let mnist = perturb::data::home().join("data/mnist");
+/// # if std::env::var_os("PERTURB_HOME").is_none() {
+/// assert!(mnist.join("SHA256SUMS").is_file());
+/// # }
+/// ```
+pub fn home() -> PathBuf {
+    match std::env::var_os(HOME_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
+}
+
 /// Number of MNIST classes: the digits 0 to 9.
 const DIGITS: u8 = 10;
 
@@ -61,8 +87,15 @@ pub struct Mnist {
 }
 
 impl Mnist {
-    /// The directory of the vendored copy: `data/mnist/` in this crate's source tree.
+    /// The directory of the vendored copy in this crate's source tree, ignoring `PERTURB_HOME`.
+    #[deprecated(note = "use Mnist::default_dir(), which honours PERTURB_HOME")]
     pub const DEFAULT_DIR: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist");
+
+    /// The directory of the vendored copy: `data/mnist/` under [`home`] (`PERTURB_HOME`, or this
+    /// crate's source tree).
+    pub fn default_dir() -> PathBuf {
+        home().join("data").join("mnist")
+    }
 
     /// Load the four MNIST files from `dir` onto `device`.
     ///
@@ -73,7 +106,7 @@ impl Mnist {
     /// use candle_core::Device;
     /// use perturb::data::Mnist;
     ///
-    /// let mnist = Mnist::load(Mnist::DEFAULT_DIR, &Device::Cpu)?;
+    /// let mnist = Mnist::load(Mnist::default_dir(), &Device::Cpu)?;
     /// assert_eq!(mnist.len_train(), 60_000);
     /// assert_eq!(mnist.test_labels.to_vec1::<u32>()?[..3], [7, 2, 1]);
     /// # Ok::<(), perturb::Error>(())
@@ -96,12 +129,12 @@ impl Mnist {
         })
     }
 
-    /// Load the vendored copy in [`Mnist::DEFAULT_DIR`] onto `device`.
+    /// Load the vendored copy in [`Mnist::default_dir`] onto `device`.
     ///
     /// # Errors
     /// As [`Mnist::load`]; with an intact checkout only [`Error::Candle`] is possible.
     pub fn load_default(device: &Device) -> Result<Mnist> {
-        Mnist::load(Self::DEFAULT_DIR, device)
+        Mnist::load(Self::default_dir(), device)
     }
 
     /// Only the test split (`[10000, 1, 28, 28]` images, `[10000]` labels) of the vendored copy,
@@ -110,8 +143,8 @@ impl Mnist {
     /// # Errors
     /// As [`Mnist::load`].
     pub fn load_test_default(device: &Device) -> Result<(Tensor, Tensor)> {
-        let dir = Path::new(Self::DEFAULT_DIR);
-        let [_, _, test_x, test_y] = MNIST_FILES.map(|name| locate(dir, name));
+        let dir = Self::default_dir();
+        let [_, _, test_x, test_y] = MNIST_FILES.map(|name| locate(&dir, name));
         load_split(&test_x, &test_y, device)
     }
 

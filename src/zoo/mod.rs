@@ -244,9 +244,11 @@ pub const SHIPPED: &[Shipped] = &[
     },
 ];
 
-/// The `models/` folder of this crate.
+/// The folder of the shipped weights and cards: `models/` under
+/// [`data::home`](crate::data::home) (`PERTURB_HOME`, or this crate's source tree). The
+/// checksums in `models/SHA256SUMS` are compiled in and pin the files wherever they lie.
 pub fn models_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
+    crate::data::home().join("models")
 }
 
 /// The pinned sha256 of a file in `models/`, if any.
