@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::conv_cpu::ConstConv;
 use super::depthwise_cpu;
+use super::input_grad::InputGradKernel;
 use super::linear_cpu::ConstLinear;
 use super::max_pool_cpu;
 
@@ -86,13 +87,7 @@ impl Stage {
 
     fn forward(&self, x: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
         match self {
-            Stage::Conv(cv) => {
-                let (out, shape) = cv.batch(x, None, shape)?;
-                let CpuStorage::F32(out) = out else {
-                    candle_core::bail!("chain: a convolution returned non-f32 data")
-                };
-                Ok((out, shape))
-            }
+            Stage::Conv(cv) => cv.batch(x, None, shape),
             Stage::Pool { kernel, stride } => max_pool_cpu::forward(x, shape, *kernel, *stride),
             Stage::Linear(fc) => fc.forward(x, shape),
             Stage::Depthwise(k) => k.forward(x, shape),
@@ -102,27 +97,21 @@ impl Stage {
     /// The gradient of this stage's input `x` for the upstream gradient `g`, given its output.
     fn input_grad(
         &self,
-        (x, x_shape): (&[f32], &Shape),
-        (out, out_shape): (&[f32], &Shape),
+        x: (&[f32], &Shape),
+        out: (&[f32], &Shape),
         g: &[f32],
     ) -> Result<Vec<f32>> {
         match self {
-            Stage::Conv(cv) => {
-                let (_, _, h, w) = x_shape.dims4()?;
-                let (gx, _) = cv.input_grad(g, out, out_shape, (h, w))?;
-                let CpuStorage::F32(gx) = gx else {
-                    candle_core::bail!("chain: a convolution gradient returned non-f32 data")
-                };
-                Ok(gx)
-            }
+            Stage::Conv(cv) => cv.input_grad(x, out, g),
             Stage::Pool { kernel, stride } => {
-                max_pool_cpu::backward(x, g, x_shape, *kernel, *stride)
+                let pool = max_pool_cpu::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                };
+                pool.input_grad(x, out, g)
             }
-            Stage::Linear(fc) => fc.input_grad(g, out),
-            Stage::Depthwise(k) => {
-                let (_, _, h, w) = x_shape.dims4()?;
-                k.input_grad(g, out, out_shape, (h, w))
-            }
+            Stage::Linear(fc) => fc.input_grad(x, out, g),
+            Stage::Depthwise(k) => k.input_grad(x, out, g),
         }
     }
 }

@@ -12,10 +12,12 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::direct_cpu;
+use super::input_grad::InputGradKernel;
+use super::matmul::{matmul, Strided};
 
 /// A stride-1 convolution `[N, C, H, W]` → `[N, O, H + 2p − KH + 1, W + 2p − KW + 1]` with
 /// fixed weights, differentiable with respect to its input only.
@@ -298,39 +300,18 @@ impl ConstConv {
             x
         };
         let full = &mut full[..o * p_len];
-        debug_assert!(input.len() >= c * hp * wp && self.w.len() == o * c * kh * kw);
         let direct = self.direct && direct_cpu::shifted(&self.packed, geometry, input, full);
         for i in (0..kh).filter(|_| !direct) {
             for j in 0..kw {
                 let first = i == 0 && j == 0;
-                // SAFETY: `full` is `[O, P]` row-major. The left matrix is the kernel slice
-                // `w[o, c, i, j]` (row stride C·KH·KW, column stride KH·KW); the right one is
-                // `input[c·hp·wp + i·wp + j + p]` (row stride hp·wp, column stride 1), whose
-                // largest index (C−1)·hp·wp + (KH−1)·wp + KW−1 + P−1 = C·hp·wp − 1 lies inside
-                // `input` because oh + KH − 1 = hp and ow + KW − 1 = wp.
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        p_len,
-                        c,
-                        full.as_mut_ptr(),
-                        1,
-                        p_len as isize,
-                        !first,
-                        self.w.as_ptr().add(i * kw + j),
-                        (kh * kw) as isize,
-                        (c * kh * kw) as isize,
-                        input.as_ptr().add(i * wp + j),
-                        1,
-                        (hp * wp) as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
+                // `full` `[O, P]` (+)= the kernel slice `w[o, c, i, j]` (row stride C·KH·KW,
+                // column stride KH·KW) times the input read at `c·hp·wp + i·wp + j + p` (row
+                // stride hp·wp, column stride 1), whose largest index (C−1)·hp·wp + (KH−1)·wp +
+                // KW−1 + P−1 = C·hp·wp − 1 lies inside `input` because oh + KH − 1 = hp and
+                // ow + KW − 1 = wp.
+                let lhs = Strided::new(&self.w[i * kw + j..], (o, c), (c * kh * kw, kh * kw));
+                let rhs = Strided::new(&input[i * wp + j..], (c, p_len), (hp * wp, 1));
+                matmul(full, !first, lhs, rhs, par);
             }
         }
         for oi in 0..o {
@@ -425,35 +406,12 @@ impl ConstConv {
             None => out.fill(0.0),
         }
         let col: &[f32] = if pointwise { x } else { col };
-        debug_assert!(
-            self.w.len() == self.o * k && col.len() >= k * ohw && out.len() >= self.o * ohw
+        // out `[O, OH·OW]` += w `[O, K]` · col `[K, OH·OW]`
+        let (lhs, rhs) = (
+            Strided::row_major(&self.w, self.o, k),
+            Strided::row_major(col, k, ohw),
         );
-        // SAFETY: `out` is `[O, OH·OW]`, `self.w` is `[O, K]`, `col` holds `[K, OH·OW]`, all
-        // row-major and at least that long (checked by the caller and `new`); gemm reads and
-        // writes only within those extents.
-        unsafe {
-            gemm::gemm(
-                self.o,
-                ohw,
-                k,
-                out.as_mut_ptr(),
-                1,
-                ohw as isize,
-                true,
-                self.w.as_ptr(),
-                1,
-                k as isize,
-                col.as_ptr(),
-                1,
-                ohw as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        matmul(out, true, lhs, rhs, par);
         self.act.apply(&mut out[..self.o * ohw]);
     }
 
@@ -465,7 +423,7 @@ impl ConstConv {
         x: &[f32],
         mask: Option<(&[f32], Act)>,
         dims: &Shape,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<(Vec<f32>, Shape)> {
         let (n, c, h, w) = dims.dims4()?;
         if c != self.c {
             candle_core::bail!(
@@ -487,7 +445,7 @@ impl ConstConv {
             let m = mask.map(|(m, act)| (&m[i * in_len..(i + 1) * in_len], act));
             with_scratch(col_len, |col| self.sample(src, m, (h, w), col, dst, par));
         });
-        Ok((CpuStorage::F32(out), Shape::from((n, self.o, oh, ow))))
+        Ok((out, Shape::from((n, self.o, oh, ow))))
     }
 }
 
@@ -559,8 +517,8 @@ impl ConstConv {
         })
     }
 
-    /// One sample's input gradient, on the calling thread: [`ConstConv::input_grad`] of the
-    /// upstream gradient `g` and the layer's output `out` (both `[O, OH, OW]`) into `gx`
+    /// One sample's input gradient, on the calling thread: [`InputGradKernel::input_grad`] of
+    /// the upstream gradient `g` and the layer's output `out` (both `[O, OH, OW]`) into `gx`
     /// (`[C, H, W]`, every float written).
     pub(super) fn input_grad_sample(
         &self,
@@ -594,45 +552,6 @@ impl ConstConv {
         }
         let mask = (self.act != Act::Linear).then_some((out, self.act));
         self.input_gradient().forward_sample(g, mask, (oh, ow), gx);
-    }
-
-    /// The input gradient (`[N, C, H, W]` for an `h × w` input) of this convolution and its
-    /// activation, from the upstream gradient `g` and the layer's output `out` (both `[N, O,
-    /// OH, OW]` of shape `out_shape`), on host slices: the full convolution of the masked
-    /// gradient, or col2im when the layer has fewer input than output channels and the CPU lacks
-    /// the direct kernel (the GEMM path would sum over almost nothing per output). The backward of
-    /// the op and of [`forward_chain`](super::forward_chain)'s chain both come here.
-    pub(super) fn input_grad(
-        &self,
-        g: &[f32],
-        out: &[f32],
-        out_shape: &Shape,
-        (h, w): (usize, usize),
-    ) -> Result<(CpuStorage, Shape)> {
-        if self.transposed() {
-            // sample by sample, as the chain's per-sample backward: the same bits either way
-            let n = self.grad_batch((g, out), out_shape, (h, w), "const conv2d grad")?;
-            let (in_len, out_len) = (self.c * h * w, g.len() / n.max(1));
-            let mut gx = vec![0f32; n * in_len];
-            for_each_sample(&mut gx, in_len, |(i, dst), _| {
-                let (gi, oi) = (&g[i * out_len..][..out_len], &out[i * out_len..][..out_len]);
-                self.input_grad_sample(gi, oi, (h, w), dst);
-            });
-            return Ok((CpuStorage::F32(gx), Shape::from((n, self.c, h, w))));
-        }
-        if self.c < self.o && !self.direct {
-            // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
-            // over the O outputs and scatters C·K² columns back, where the full convolution
-            // would build an O·K²-row im2col of the upstream gradient.
-            let op = Col2imGrad {
-                conv: self.clone(),
-                h,
-                w,
-            };
-            return op.run(g, out, out_shape);
-        }
-        let mask = (self.act != Act::Linear).then_some((out, self.act));
-        self.input_gradient().batch(g, mask, out_shape)
     }
 }
 
@@ -680,29 +599,46 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Input gradient of a conv + activation as an op on (upstream gradient, the layer's output):
-/// [`ConstConv::input_grad`] for an `h × w` input. Not differentiable again: attacks need
-/// first-order gradients only.
-struct InputGrad {
-    conv: ConstConv,
-    h: usize,
-    w: usize,
-}
+impl InputGradKernel for ConstConv {
+    const NAME: &'static str = "perturb-const-conv2d-input-grad";
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "perturb-const-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
+    /// The input gradient (`[N, C, H, W]`) of this convolution and its activation, from the
+    /// upstream gradient `g` and the layer's output `out` (both `[N, O, OH, OW]`), on host
+    /// slices: the full convolution of the masked gradient, or col2im when the layer has fewer
+    /// input than output channels and the CPU lacks the direct kernel (the GEMM path would sum
+    /// over almost nothing per output). The backward of the op and of
+    /// [`forward_chain`](super::forward_chain)'s chain both come here.
+    fn input_grad(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, r) = super::grad_and_output((s1, l1), (s2, l2), "const conv2d grad")?;
-        self.conv.input_grad(g, r, l1.shape(), (self.h, self.w))
+        (_, x_shape): (&[f32], &Shape),
+        (out, out_shape): (&[f32], &Shape),
+        g: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (_, _, h, w) = x_shape.dims4()?;
+        if self.transposed() {
+            // sample by sample, as the chain's per-sample backward: the same bits either way
+            let n = self.grad_batch((g, out), out_shape, (h, w), "const conv2d grad")?;
+            let (in_len, out_len) = (self.c * h * w, g.len() / n.max(1));
+            let mut gx = vec![0f32; n * in_len];
+            for_each_sample(&mut gx, in_len, |(i, dst), _| {
+                let (gi, oi) = (&g[i * out_len..][..out_len], &out[i * out_len..][..out_len]);
+                self.input_grad_sample(gi, oi, (h, w), dst);
+            });
+            return Ok(gx);
+        }
+        if self.c < self.o && !self.direct {
+            // Fewer input than output channels (a first layer, 1 → 32): col2im needs a GEMM
+            // over the O outputs and scatters C·K² columns back, where the full convolution
+            // would build an O·K²-row im2col of the upstream gradient.
+            let op = Col2imGrad {
+                conv: self.clone(),
+                h,
+                w,
+            };
+            return op.run(g, out, out_shape);
+        }
+        let mask = (self.act != Act::Linear).then_some((out, self.act));
+        Ok(self.input_gradient().batch(g, mask, out_shape)?.0)
     }
 }
 
@@ -729,26 +665,17 @@ impl CustomOp1 for ConstConv {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.batch(
-            super::f32_slice(storage, layout, "const conv2d")?,
-            None,
-            layout.shape(),
-        )
+        let x = super::f32_slice(storage, layout, "const conv2d")?;
+        let (y, shape) = self.batch(x, None, layout.shape())?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad_res.contiguous()?;
         let grad = if self.act == Act::Linear && self.c >= self.o {
             // the full convolution as an op of its own: differentiable again
-            grad.apply_op1(self.input_gradient())?
+            grad_res.contiguous()?.apply_op1(self.input_gradient())?
         } else {
-            let (_, _, h, w) = arg.dims4()?;
-            let op = InputGrad {
-                conv: self.clone(),
-                h,
-                w,
-            };
-            grad.apply_op2_no_bwd(&res.contiguous()?, &op)?
+            super::input_grad::backward(self, arg, res, grad_res)?
         };
         Ok(Some(grad))
     }
@@ -772,33 +699,12 @@ impl Col2imGrad {
             return;
         };
         let (ohw, ck) = (oh * ow, cv.c * cv.kh * cv.kw);
-        debug_assert!(g.len() >= cv.o * ohw && col.len() >= ck * ohw && cv.w.len() == cv.o * ck);
-        // SAFETY: `col` is `[CK, OHW]` row-major, `cv.w` is `[O, CK]` read as its transpose
-        // `[CK, O]` (column stride CK, row stride 1), `g` is `[O, OHW]`; all within bounds
-        // (checked above and by the caller).
-        unsafe {
-            gemm::gemm(
-                ck,
-                ohw,
-                cv.o,
-                col.as_mut_ptr(),
-                1,
-                ohw as isize,
-                false,
-                cv.w.as_ptr(),
-                ck as isize,
-                1,
-                g.as_ptr(),
-                1,
-                ohw as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        // `cv.w` is `[O, CK]`, read as its transpose `[CK, O]`
+        let (lhs, rhs) = (
+            Strided::transposed(&cv.w, ck, cv.o),
+            Strided::row_major(g, cv.o, ohw),
+        );
+        matmul(col, false, lhs, rhs, par);
         let (ph, pw) = (cv.ph, cv.pw);
         for ci in 0..cv.c {
             let plane = &mut dst[ci * h * w..][..h * w];
@@ -825,7 +731,7 @@ impl Col2imGrad {
 
     /// The input gradient for the upstream gradient `g` and the layer's output `r`, both of
     /// shape `shape` (`[N, O, OH, OW]`).
-    fn run(&self, g: &[f32], r: &[f32], shape: &Shape) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, g: &[f32], r: &[f32], shape: &Shape) -> Result<Vec<f32>> {
         let cv = &self.conv;
         let hw = (self.h, self.w);
         let n = cv.grad_batch((g, r), shape, hw, "const conv2d col2im grad")?;
@@ -842,7 +748,7 @@ impl Col2imGrad {
                 self.sample(masked, col, dst, par);
             });
         });
-        Ok((CpuStorage::F32(gx), Shape::from((n, cv.c, self.h, self.w))))
+        Ok(gx)
     }
 }
 
@@ -855,13 +761,6 @@ mod tests {
         (0..n)
             .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
             .collect()
-    }
-
-    fn f32s(s: CpuStorage) -> Vec<f32> {
-        match s {
-            CpuStorage::F32(v) => v,
-            _ => panic!("not f32"),
-        }
     }
 
     fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -907,13 +806,13 @@ mod tests {
                 let shape = Shape::from((n, c, h, w));
                 let (y, y_shape) = conv.batch(&x, None, &shape).unwrap();
                 let (y_ref, _) = portable.batch(&x, None, &shape).unwrap();
-                let (y, y_ref) = (f32s(y), f32s(y_ref));
                 let case = (n, c, o, k, p, h, w, act);
                 assert!(max_rel_diff(&y, &y_ref) < 1e-5, "forward {case:?}");
                 let g = values(y.len(), seed + 3);
-                let (gx, _) = conv.input_grad(&g, &y, &y_shape, (h, w)).unwrap();
-                let (gx_ref, _) = portable.input_grad(&g, &y_ref, &y_shape, (h, w)).unwrap();
-                let (gx, gx_ref) = (f32s(gx), f32s(gx_ref));
+                let gx = conv.input_grad((&x, &shape), (&y, &y_shape), &g).unwrap();
+                let gx_ref = portable
+                    .input_grad((&x, &shape), (&y_ref, &y_shape), &g)
+                    .unwrap();
                 assert_eq!(gx.len(), x.len());
                 assert!(
                     gx_ref.iter().any(|v| *v != 0.0),

@@ -9,11 +9,12 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv_cpu::Act;
-use super::{activate, f32_slice, grad_and_output, is_constant_cpu_f32};
+use super::input_grad::InputGradKernel;
+use super::{activate, f32_slice, is_constant_cpu_f32};
 
 /// TensorFlow's "same" padding of one spatial dimension: the output has `ceil(size / stride)`
 /// positions and the padding `(before, after)` is split with the extra pixel after.
@@ -233,37 +234,6 @@ impl Kernel {
         Ok((out, Shape::from((n, self.c, oh, ow))))
     }
 
-    /// The input gradient (`[N, C, h, w]`) from the upstream gradient `g` and the layer's
-    /// output `out` (both of `out_shape`), on host slices.
-    pub(super) fn input_grad(
-        &self,
-        g: &[f32],
-        out: &[f32],
-        out_shape: &Shape,
-        (h, w): (usize, usize),
-    ) -> Result<Vec<f32>> {
-        let (n, c, oh, ow) = out_shape.dims4()?;
-        if self.out_hw(h, w) != Some((oh, ow)) || c != self.c {
-            candle_core::bail!("depthwise conv2d grad: gradient shape does not fit the input")
-        }
-        if g.len() != n * c * oh * ow || out.len() != g.len() {
-            candle_core::bail!("depthwise conv2d grad: gradient and output sizes disagree")
-        }
-        let geo = Phases::new(self, (h, w), (oh, ow));
-        let mut gx = vec![0f32; n * c * h * w];
-        gx.par_chunks_mut((h * w).max(1)).enumerate().for_each_init(
-            Vec::new,
-            |scratch, (plane_index, dst)| {
-                let ci = plane_index % c;
-                let gp = &g[plane_index * oh * ow..][..oh * ow];
-                let rp = &out[plane_index * oh * ow..][..oh * ow];
-                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
-                geo.backward_plane((gp, rp), self.act, filter, scratch, dst);
-            },
-        );
-        Ok(gx)
-    }
-
     fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let [pt, pb, pl, pr] = self.pad(h, w);
         let (hp, wp) = (h + pt + pb, w + pl + pr);
@@ -287,6 +257,41 @@ impl Kernel {
             candle_core::bail!("depthwise conv2d: a {h}x{w} input is smaller than the kernel")
         };
         Ok((n, h, w, oh, ow))
+    }
+}
+
+impl InputGradKernel for Kernel {
+    const NAME: &'static str = "perturb-depthwise-conv2d-grad";
+
+    /// The input gradient (`[N, C, H, W]`) from the upstream gradient `g` and the layer's
+    /// output `out` (both `[N, C, OH, OW]`), on host slices.
+    fn input_grad(
+        &self,
+        (_, x_shape): (&[f32], &Shape),
+        (out, out_shape): (&[f32], &Shape),
+        g: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (_, _, h, w) = x_shape.dims4()?;
+        let (n, c, oh, ow) = out_shape.dims4()?;
+        if self.out_hw(h, w) != Some((oh, ow)) || c != self.c {
+            candle_core::bail!("depthwise conv2d grad: gradient shape does not fit the input")
+        }
+        if g.len() != n * c * oh * ow || out.len() != g.len() {
+            candle_core::bail!("depthwise conv2d grad: gradient and output sizes disagree")
+        }
+        let geo = Phases::new(self, (h, w), (oh, ow));
+        let mut gx = vec![0f32; n * c * h * w];
+        gx.par_chunks_mut((h * w).max(1)).enumerate().for_each_init(
+            Vec::new,
+            |scratch, (plane_index, dst)| {
+                let ci = plane_index % c;
+                let gp = &g[plane_index * oh * ow..][..oh * ow];
+                let rp = &out[plane_index * oh * ow..][..oh * ow];
+                let filter = &self.w[ci * self.k * self.k..][..self.k * self.k];
+                geo.backward_plane((gp, rp), self.act, filter, scratch, dst);
+            },
+        );
+        Ok(gx)
     }
 }
 
@@ -586,43 +591,7 @@ impl CustomOp1 for Kernel {
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (_, _, h, w) = arg.dims4()?;
-        let op = InputGrad {
-            kernel: self.clone(),
-            h,
-            w,
-        };
-        // First-order only: attacks need no second derivatives.
-        let g = grad_res
-            .contiguous()?
-            .apply_op2_no_bwd(&res.contiguous()?, &op)?;
-        Ok(Some(g))
-    }
-}
-
-/// (upstream gradient, the layer's output) → the gradient with respect to the layer's input.
-struct InputGrad {
-    kernel: Kernel,
-    h: usize,
-    w: usize,
-}
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "perturb-depthwise-conv2d-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, r) = grad_and_output((s1, l1), (s2, l2), "depthwise conv2d grad")?;
-        let gx = self.kernel.input_grad(g, r, l1.shape(), (self.h, self.w))?;
-        let (n, c, _, _) = l1.shape().dims4()?;
-        Ok((CpuStorage::F32(gx), Shape::from((n, c, self.h, self.w))))
+        super::input_grad::backward(self, arg, res, grad_res).map(Some)
     }
 }
 

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::conv_cpu::Act;
+use super::input_grad::InputGradKernel;
+use super::matmul::{matmul, Strided};
 
 /// `y = act(x · Wᵀ + b)` for `x` `[N, in]` (any shape `[N, …]` with `in` features per row).
 #[derive(Debug, Clone)]
@@ -63,79 +65,14 @@ impl ConstLinear {
                 row.copy_from_slice(b);
             }
         }
-        // SAFETY: `y` is `[N, out]` row-major, `x` is `[N, in]` row-major, `w` is `[out, in]`
-        // row-major read as its transpose `[in, out]` (row stride 1, column stride `in`); the
-        // lengths were checked by `rows` and `new`.
-        unsafe {
-            gemm::gemm(
-                n,
-                self.out,
-                self.inp,
-                y.as_mut_ptr(),
-                1,
-                self.out as isize,
-                true,
-                x.as_ptr(),
-                1,
-                self.inp as isize,
-                self.w.as_ptr(),
-                self.inp as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(n * self.out * self.inp),
-            );
-        }
+        // y `[N, out]` += x `[N, in]` · Wᵀ (`w` is `[out, in]`, read as its transpose)
+        let (lhs, rhs) = (
+            Strided::row_major(x, n, self.inp),
+            Strided::transposed(&self.w, self.inp, self.out),
+        );
+        matmul(&mut y, true, lhs, rhs, parallelism(n * self.out * self.inp));
         self.act.apply(&mut y);
         Ok((y, Shape::from((n, self.out))))
-    }
-
-    /// The input gradient (`[N, in]`, to be shaped as the input) for the upstream gradient `g`
-    /// and the layer's output `y` (both `[N, out]`).
-    pub(super) fn input_grad(&self, g: &[f32], y: &[f32]) -> Result<Vec<f32>> {
-        if g.len() != y.len() || !g.len().is_multiple_of(self.out.max(1)) {
-            candle_core::bail!("const linear grad: gradient and output sizes disagree")
-        }
-        let n = g.len() / self.out.max(1);
-        let masked: Vec<f32>;
-        let g = if self.act == Act::Linear {
-            g
-        } else {
-            let mut m = vec![0f32; g.len()];
-            self.act.mask(g, y, &mut m);
-            masked = m;
-            &masked
-        };
-        let mut gx = vec![0f32; n * self.inp];
-        // SAFETY: `gx` is `[N, in]`, `g` is `[N, out]`, `w` is `[out, in]`, all row-major and of
-        // those lengths (checked above and by `new`).
-        unsafe {
-            gemm::gemm(
-                n,
-                self.inp,
-                self.out,
-                gx.as_mut_ptr(),
-                1,
-                self.inp as isize,
-                false,
-                g.as_ptr(),
-                1,
-                self.out as isize,
-                self.w.as_ptr(),
-                1,
-                self.inp as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(n * self.out * self.inp),
-            );
-        }
-        Ok(gx)
     }
 }
 
@@ -153,6 +90,47 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
     }
 }
 
+impl InputGradKernel for ConstLinear {
+    const NAME: &'static str = "perturb-const-linear-input-grad";
+
+    /// The input gradient (`[N, in]`, laid out as the input) for the upstream gradient `g`
+    /// and the layer's output `y` (both `[N, out]`).
+    fn input_grad(
+        &self,
+        _: (&[f32], &Shape),
+        (y, _): (&[f32], &Shape),
+        g: &[f32],
+    ) -> Result<Vec<f32>> {
+        if g.len() != y.len() || !g.len().is_multiple_of(self.out.max(1)) {
+            candle_core::bail!("const linear grad: gradient and output sizes disagree")
+        }
+        let n = g.len() / self.out.max(1);
+        let masked: Vec<f32>;
+        let g = if self.act == Act::Linear {
+            g
+        } else {
+            let mut m = vec![0f32; g.len()];
+            self.act.mask(g, y, &mut m);
+            masked = m;
+            &masked
+        };
+        let mut gx = vec![0f32; n * self.inp];
+        // gx `[N, in]` = g `[N, out]` · W `[out, in]`
+        let (lhs, rhs) = (
+            Strided::row_major(g, n, self.out),
+            Strided::row_major(&self.w, self.out, self.inp),
+        );
+        matmul(
+            &mut gx,
+            false,
+            lhs,
+            rhs,
+            parallelism(n * self.out * self.inp),
+        );
+        Ok(gx)
+    }
+}
+
 impl CustomOp1 for ConstLinear {
     fn name(&self) -> &'static str {
         "perturb-const-linear"
@@ -165,32 +143,6 @@ impl CustomOp1 for ConstLinear {
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = LinearInputGrad(self.clone());
-        let gx = grad_res
-            .contiguous()?
-            .apply_op2_no_bwd(&res.contiguous()?, &op)?;
-        Ok(Some(gx.reshape(arg.shape())?))
-    }
-}
-
-/// [`ConstLinear::input_grad`] as an op on (upstream gradient, the layer's output).
-struct LinearInputGrad(ConstLinear);
-
-impl CustomOp2 for LinearInputGrad {
-    fn name(&self) -> &'static str {
-        "perturb-const-linear-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, y) = super::grad_and_output((s1, l1), (s2, l2), "const linear grad")?;
-        let gx = self.0.input_grad(g, y)?;
-        let n = l1.shape().dims().first().copied().unwrap_or(0);
-        Ok((CpuStorage::F32(gx), Shape::from((n, self.0.inp))))
+        super::input_grad::backward(self, arg, res, grad_res).map(Some)
     }
 }

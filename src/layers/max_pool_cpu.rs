@@ -4,19 +4,16 @@
 //! Same semantics as the composed version in `super`, about five times faster; other devices use
 //! the composed version.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::input_grad::InputGradKernel;
+
 /// Forward op: `[N, C, H, W]` → `[N, C, Ho, Wo]`.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct MaxPool {
     pub kernel: usize,
     pub stride: usize,
-}
-
-/// Backward op: (input, upstream gradient) → gradient of the input.
-struct MaxPoolGrad {
-    kernel: usize,
-    stride: usize,
 }
 
 fn out_dims(
@@ -47,6 +44,10 @@ struct Geometry {
 }
 
 impl Geometry {
+    fn new(w: usize, k: usize, s: usize) -> Self {
+        Self { w, k, s }
+    }
+
     /// Maximum of window (i, j) of a plane. Branch-free, as [`Geometry::ties`]: on real
     /// activations which element wins is unpredictable, and mispredicted branches made the
     /// backward pass ten times slower than the forward.
@@ -93,31 +94,22 @@ impl CustomOp1 for MaxPool {
         Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let op = MaxPoolGrad {
-            kernel: self.kernel,
-            stride: self.stride,
-        };
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        super::input_grad::backward(self, arg, res, grad).map(Some)
     }
 }
 
-impl CustomOp2 for MaxPoolGrad {
-    fn name(&self) -> &'static str {
-        "perturb-max-pool2d-grad"
-    }
+impl InputGradKernel for MaxPool {
+    const NAME: &'static str = "perturb-max-pool2d-grad";
 
-    fn cpu_fwd(
+    /// [`backward`]: each window's gradient to its maximum in `x`.
+    fn input_grad(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = super::f32_slice(s1, l1, self.name())?;
-        let g = super::f32_slice(s2, l2, self.name())?;
-        let dx = backward(x, g, l1.shape(), self.kernel, self.stride)?;
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        (x, x_shape): (&[f32], &Shape),
+        _: (&[f32], &Shape),
+        g: &[f32],
+    ) -> Result<Vec<f32>> {
+        backward(x, g, x_shape, self.kernel, self.stride)
     }
 }
 
@@ -132,11 +124,7 @@ pub(super) fn forward(
     if x.len() != planes * h * w {
         candle_core::bail!("max_pool2d: input of the wrong size")
     }
-    let geo = Geometry {
-        w,
-        k: kernel,
-        s: stride,
-    };
+    let geo = Geometry::new(w, kernel, stride);
     let mut y = vec![0f32; planes * ho * wo];
     y.par_chunks_mut(ho * wo)
         .zip(x.par_chunks(h * w))
@@ -187,11 +175,7 @@ pub(super) fn forward_sample(
     let Some((_, ho, wo)) = out_chw((c, h, w), kernel, stride) else {
         return;
     };
-    let geo = Geometry {
-        w,
-        k: kernel,
-        s: stride,
-    };
+    let geo = Geometry::new(w, kernel, stride);
     for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(ho * wo)) {
         forward_plane(plane, o, geo, wo);
     }
@@ -209,11 +193,7 @@ pub(super) fn backward_sample(
     let Some((_, ho, wo)) = out_chw((c, h, w), kernel, stride) else {
         return;
     };
-    let geo = Geometry {
-        w,
-        k: kernel,
-        s: stride,
-    };
+    let geo = Geometry::new(w, kernel, stride);
     for ((plane, gplane), dplane) in x
         .chunks_exact(h * w)
         .zip(g.chunks_exact(ho * wo))
@@ -225,22 +205,12 @@ pub(super) fn backward_sample(
 
 /// The input gradient of [`forward`] for the input `x` (of shape `shape`) and the upstream
 /// gradient `g`: each window's gradient goes to its maximum, split evenly among ties.
-pub(super) fn backward(
-    x: &[f32],
-    g: &[f32],
-    shape: &Shape,
-    kernel: usize,
-    stride: usize,
-) -> Result<Vec<f32>> {
+fn backward(x: &[f32], g: &[f32], shape: &Shape, kernel: usize, stride: usize) -> Result<Vec<f32>> {
     let (planes, h, w, ho, wo, _) = out_dims(shape, kernel, stride)?;
     if x.len() != planes * h * w || g.len() != planes * ho * wo {
         candle_core::bail!("max_pool2d grad: input or gradient of the wrong size")
     }
-    let geo = Geometry {
-        w,
-        k: kernel,
-        s: stride,
-    };
+    let geo = Geometry::new(w, kernel, stride);
     let mut dx = vec![0f32; x.len()];
     // Planes are independent, so the parallel split does not change any sum.
     dx.par_chunks_mut(h * w)

@@ -9,7 +9,9 @@ mod chain_cpu;
 mod conv_cpu;
 mod depthwise_cpu;
 mod direct_cpu;
+mod input_grad;
 mod linear_cpu;
+mod matmul;
 mod max_pool_cpu;
 
 pub use depthwise_cpu::{same_padding, DepthwiseConv2d};
@@ -47,19 +49,6 @@ fn f32_slice<'a>(
         Some((start, end)) => Ok(&v[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
-}
-
-/// The upstream gradient and the layer's output given to an input-gradient op, as `f32` data of
-/// the same shape, or an error naming the op.
-fn grad_and_output<'a>(
-    (s1, l1): (&'a candle_core::CpuStorage, &candle_core::Layout),
-    (s2, l2): (&'a candle_core::CpuStorage, &candle_core::Layout),
-    op: &str,
-) -> candle_core::Result<(&'a [f32], &'a [f32])> {
-    if l1.shape() != l2.shape() {
-        candle_core::bail!("{op}: gradient and output shapes differ")
-    }
-    Ok((f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?))
 }
 
 /// 2-D max pooling of an `[N, C, H, W]` tensor, no padding, floor mode (as PyTorch's
