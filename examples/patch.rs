@@ -22,7 +22,7 @@ use candle_core::{Device, Tensor};
 use clap::Parser;
 use perturb::attack::{apply_patch, PatchTrainer, Placement, Region, Transforms};
 use perturb::data::Mnist;
-use perturb::report::{image_grid, GridRow};
+use perturb::export::{image_grid, GridRow};
 use perturb::zoo;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -294,7 +294,7 @@ const REFERENCE: [(f32, f64, f64); 3] = [(8.2, 7.6, 0.6), (15.4, 24.4, 3.4), (21
 
 /// Success versus area: each target's patch and noise, and the reference table.
 fn plot(points: &[Point], path: &std::path::Path) -> Result<()> {
-    use perturb::report::{plot_lines, Line};
+    use perturb::export::{plot_lines, Line};
     let mut lines = Vec::new();
     let mut targets: Vec<u32> = points
         .iter()

@@ -26,7 +26,7 @@ use clap::Parser;
 use image::{imageops, RgbImage};
 use perturb::attack::{apply_patch, PatchOptimizer, PatchTrainer, Transforms};
 use perturb::data::{sample_photo, SAMPLE_PHOTOS};
-use perturb::report::{image_grid, GridRow};
+use perturb::export::{image_grid, GridRow};
 use perturb::zoo::{self, class_index, imagenet_classes};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 

@@ -31,7 +31,7 @@
 //! - **Attack a batch**: build an attack ([`Pgd`], [`Fgsm`], or any by name through
 //!   [`attack::Registry`]) and call [`Attack::run`] with a [`Goal`].
 //! - **Evaluate a model on a data set**: [`eval::Evaluator`] (robust accuracy, ε sweeps,
-//!   masking warnings) and [`eval::assert_robust`] for test suites; [`report`] writes the
+//!   masking warnings) and [`eval::assert_robust`] for test suites; [`export`] writes the
 //!   results (JSON, CSV, PNG).
 //! - **Shipped models and data**: [`zoo::load`] (checksummed weights with model cards),
 //!   [`data::Mnist`] and [`data`] for images.
@@ -46,7 +46,7 @@
 //! data (data::, zoo::)  →  model (Classifier, loss_and_grad, gradcheck)
 //!     →  attack (traits, Batch pieces, Budget geometry, Registry, one file per attack)
 //!     →  eval / metrics (Evaluator: the one path that attacks a data set; Report, Sweep)
-//!     →  report / CLI (files, plots; the `perturb` binary parses, calls, prints)
+//!     →  export / CLI (files, plots; the `perturb` binary parses, calls, prints)
 //! ```
 //! The CPU kernels in [`layers`] make the zoo's gradients fast; nothing else depends on them.
 //!
@@ -67,7 +67,7 @@
 #![warn(missing_docs)]
 // One public path per item: the core vocabulary (attacks, budgets, goals, losses, models, the
 // gradient check) lives at the crate root, whose modules below are private; the modules that
-// hold more (attack, data, eval, metrics, report, zoo, …) are public and re-export nothing
+// hold more (attack, data, eval, export, metrics, zoo, …) are public and re-export nothing
 // the root already has.
 
 mod allocator;
@@ -77,6 +77,7 @@ pub mod data;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod export;
 mod goal;
 mod gradcheck;
 pub mod layers;
@@ -84,7 +85,6 @@ mod loss;
 pub mod metrics;
 mod model;
 mod ops;
-pub mod report;
 mod simd;
 pub mod train;
 mod validate;

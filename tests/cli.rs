@@ -177,7 +177,7 @@ mod attack {
         }
 
         let (gw, gh) = png_size(&grid);
-        assert_eq!((gw, gh), perturb::report::grid_size(8, 28, 28));
+        assert_eq!((gw, gh), perturb::export::grid_size(8, 28, 28));
         let csv = std::fs::read_to_string(&csv).unwrap();
         assert_eq!(csv.lines().count(), 2);
         assert!(csv.lines().nth(1).unwrap().starts_with("mnist-cnn,"));
@@ -330,7 +330,7 @@ mod eval {
                 assert!(p.robust_accuracy <= sweep.reports[a * 4 + e].robust_accuracy);
             }
         }
-        assert_eq!(png_size(&plot), perturb::report::CURVE_SIZE);
+        assert_eq!(png_size(&plot), perturb::export::CURVE_SIZE);
         assert!(text(&out.stdout).contains("worst case"));
     }
 }

@@ -161,3 +161,41 @@ fn attacks_load_model_and_data_from_perturb_home() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&*home.to_string_lossy()), "{err}");
 }
+
+/// A well-formed but tampered MNIST (every pixel 255, re-compressed) is refused by its checksum
+/// instead of being evaluated (it gave 2 % clean accuracy without complaint).
+#[test]
+fn tampered_mnist_is_refused() {
+    use std::io::{Read, Write};
+    let home = small_home("tampered-mnist");
+    let file = home.join("data/mnist/t10k-images-idx3-ubyte.gz");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    for px in &mut raw[16..] {
+        *px = 255;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw).unwrap();
+    std::fs::write(&file, gz.finish().unwrap()).unwrap();
+    let out = perturb(
+        &home,
+        Some(&home),
+        &[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--n",
+            "4",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("checksum") && stderr.contains("t10k-images"),
+        "{stderr}"
+    );
+}

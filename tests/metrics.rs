@@ -132,7 +132,7 @@ mod schema {
         assert_eq!(report.attack.params["seed"], 5);
         assert_eq!(report.attack.params["budget"]["norm"], "l2");
         // CSV: a header and one row per report; the quoted model name stays one field
-        let csv = perturb::report::to_csv(&sweep.reports);
+        let csv = perturb::export::to_csv(&sweep.reports);
         assert_eq!(csv.lines().count(), 1 + 6);
         assert!(csv
             .lines()

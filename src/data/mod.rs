@@ -134,7 +134,11 @@ impl Mnist {
     /// # Errors
     /// As [`Mnist::load`]; with an intact checkout only [`Error::Candle`] is possible.
     pub fn load_default(device: &Device) -> Result<Mnist> {
-        Mnist::load(Self::default_dir(), device)
+        let dir = Self::default_dir();
+        for name in MNIST_FILES {
+            verify_vendored(&locate(&dir, name))?;
+        }
+        Mnist::load(dir, device)
     }
 
     /// Only the test split (`[10000, 1, 28, 28]` images, `[10000]` labels) of the vendored copy,
@@ -145,6 +149,8 @@ impl Mnist {
     pub fn load_test_default(device: &Device) -> Result<(Tensor, Tensor)> {
         let dir = Self::default_dir();
         let [_, _, test_x, test_y] = MNIST_FILES.map(|name| locate(&dir, name));
+        verify_vendored(&test_x)?;
+        verify_vendored(&test_y)?;
         load_split(&test_x, &test_y, device)
     }
 
@@ -161,6 +167,42 @@ impl Mnist {
 
 /// `dir/name.gz` if it exists, else `dir/name` if that exists, else `dir/name.gz` (so that the
 /// error names the vendored form).
+/// The sha256 of the vendored MNIST files (`data/mnist/SHA256SUMS`, compiled in).
+const MNIST_SHA256SUMS: &str = include_str!("../../data/mnist/SHA256SUMS");
+
+/// Error unless a vendored MNIST file has its pinned sha256: a tampered but well-formed copy
+/// (every pixel 255, say) would otherwise be evaluated without complaint. Files the list does
+/// not name (an uncompressed copy) are read as they are.
+fn verify_vendored(path: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some(expected) = MNIST_SHA256SUMS.lines().find_map(|line| {
+        let (hash, file) = line.split_once(char::is_whitespace)?;
+        (file.trim() == name).then_some(hash)
+    }) else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let got: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got != expected {
+        return Err(Error::Checksum {
+            file: path.to_path_buf(),
+            expected: expected.to_string(),
+            got,
+        });
+    }
+    Ok(())
+}
+
 fn locate(dir: &Path, name: &str) -> PathBuf {
     let gz = dir.join(format!("{name}.gz"));
     let plain = dir.join(name);

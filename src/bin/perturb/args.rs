@@ -24,7 +24,7 @@ Examples:
   perturb attack --model mnist-cnn --attack pgd --eps 0.3 --param steps=100 --param restarts=5
   perturb gate --model mnist-cnn --attack-spec pgd40.json --min-robust-accuracy 0.5
   perturb attacks
-  perturb attack --model my.safetensors --arch small-cnn --sha256 <hex> --attack fgsm --eps 0.1
+  perturb attack --model my.safetensors --arch small-cnn --sha256 HEX --attack fgsm --eps 0.1
 
 Exit codes: 0 success (gate: the model holds), 1 the gate failed, 2 a usage or input error.
 Data: the MNIST test set shipped in data/mnist (the first --n images from --offset), or the
@@ -127,10 +127,9 @@ pub struct Spec {
     pub no_early_stop: bool,
 }
 
+/// One attack, its radius and its parameters: what `attack` and `gate` run.
 #[derive(Args, Debug)]
-pub struct AttackArgs {
-    #[command(flatten)]
-    pub common: Common,
+pub struct Chosen {
     /// The attack: fgsm, bim or pgd (`perturb attacks` lists them); default pgd, or the one
     /// --attack-spec names.
     #[arg(long)]
@@ -140,6 +139,22 @@ pub struct AttackArgs {
     pub eps: Option<f32>,
     #[command(flatten)]
     pub spec: Spec,
+}
+
+impl Chosen {
+    /// The attack for inputs of shape `input`, checked by the registry.
+    pub fn build(&self, input: [usize; 3]) -> Result<Box<dyn FixedBudget>> {
+        self.spec
+            .build(self.attack.as_deref(), self.eps, input, Scope::One)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub chosen: Chosen,
     /// Targeted attack toward this class, an index or an ImageNet class name (`toaster`); images
     /// of that class are skipped.
     #[arg(long)]
@@ -194,15 +209,8 @@ pub struct EvalArgs {
 pub struct GateArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The attack: fgsm, bim or pgd (`perturb attacks` lists them); default pgd, or the one
-    /// --attack-spec names.
-    #[arg(long)]
-    pub attack: Option<String>,
-    /// Radius of the budget, a number or a fraction such as 8/255 (or the spec file's eps).
-    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
-    pub eps: Option<f32>,
     #[command(flatten)]
-    pub spec: Spec,
+    pub chosen: Chosen,
     /// Smallest acceptable robust accuracy, in [0, 1].
     #[arg(long)]
     pub min_robust_accuracy: f64,

@@ -15,8 +15,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use perturb::attack::{FixedBudget, Registry};
 use perturb::eval::Evaluator;
+use perturb::export::{self, GridRow};
 use perturb::metrics::Report;
-use perturb::report::{self, GridRow};
 use perturb::zoo;
 use perturb::Attack;
 
@@ -220,9 +220,7 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
     ]))?;
     let loaded = a.common.load(a.targeted.as_deref())?;
     let input = loaded.model.arch().input_shape();
-    let attack = a
-        .spec
-        .build(a.attack.as_deref(), a.eps, input, Scope::One)?;
+    let attack = a.chosen.build(input)?;
     let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
     let arch = loaded.model.arch();
     out!(
@@ -258,14 +256,14 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         }
     }
     if let Some(path) = &a.json {
-        report::write_json(&run.report, path)?;
+        export::write_json(&run.report, path)?;
     }
     if let Some(path) = &a.csv {
-        report::write_csv(std::slice::from_ref(&run.report), path)?;
+        export::write_csv(std::slice::from_ref(&run.report), path)?;
     }
     if let Some(path) = &a.save_adversarials {
         let o = &run.outcome;
-        report::save_adversarials(
+        export::save_adversarials(
             &loaded.images,
             &run.x_adv,
             &o.labels,
@@ -294,7 +292,7 @@ fn grid(x: &Tensor, x_adv: &Tensor, o: &perturb::metrics::Outcome, path: &Path) 
             adversarial: o.adversarial_predictions[i],
         })
         .collect();
-    Ok(report::image_grid(x, x_adv, &rows, path)?)
+    Ok(export::image_grid(x, x_adv, &rows, path)?)
 }
 
 fn eval(e: EvalArgs) -> Result<ExitCode> {
@@ -372,13 +370,13 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     if let Some(path) = &e.json {
-        report::write_json(&sweep, path)?;
+        export::write_json(&sweep, path)?;
     }
     if let Some(path) = &e.csv {
-        report::write_csv(&sweep.reports, path)?;
+        export::write_csv(&sweep.reports, path)?;
     }
     if let Some(path) = &e.plot {
-        report::plot_curve(&sweep, path)?;
+        export::plot_curve(&sweep, path)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -387,16 +385,11 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
     Report::check_threshold(g.min_robust_accuracy).context("--min-robust-accuracy")?;
     outputs::check(&outputs::of(&[("--json", &g.json, true)]))?;
     let loaded = g.common.load(None)?;
-    let attack = g.spec.build(
-        g.attack.as_deref(),
-        g.eps,
-        loaded.model.arch().input_shape(),
-        Scope::One,
-    )?;
+    let attack = g.chosen.build(loaded.model.arch().input_shape())?;
     let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref() as &dyn Attack, None)?;
     let r = &run.report;
     if let Some(path) = &g.json {
-        report::write_json(r, path).context("writing the gate's report")?;
+        export::write_json(r, path).context("writing the gate's report")?;
     }
     let held = r.meets(g.min_robust_accuracy)?;
     out!(

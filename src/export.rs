@@ -55,7 +55,7 @@ fn csv_field(s: &str) -> String {
 /// Reports as CSV, one row per report, with [`CSV_HEADER`] first.
 ///
 /// ```
-/// use perturb::report::{to_csv, CSV_HEADER};
+/// use perturb::export::{to_csv, CSV_HEADER};
 /// assert_eq!(to_csv(&[]), format!("{CSV_HEADER}\n"));
 /// ```
 pub fn to_csv(reports: &[Report]) -> String {
