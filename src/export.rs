@@ -14,8 +14,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::metrics::Report;
 
+mod atomic;
 #[cfg(feature = "plot")]
 mod plot;
+
+pub(crate) use atomic::write_atomic;
 #[cfg(feature = "plot")]
 pub use plot::{grid_size, image_grid, plot_curve, plot_lines, GridRow, Line, CURVE_SIZE};
 
@@ -33,10 +36,7 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
 /// [`Error::Io`] when the file cannot be written.
 pub fn write_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| io_error(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    })
+    write_atomic(path, (text + "\n").as_bytes())
 }
 
 /// Header of [`to_csv`].
@@ -94,10 +94,7 @@ pub fn to_csv(reports: &[Report]) -> String {
 /// # Errors
 /// [`Error::Io`] when the file cannot be written.
 pub fn write_csv(reports: &[Report], path: &Path) -> Result<()> {
-    std::fs::write(path, to_csv(reports)).map_err(|source| Error::Io {
-        file: path.to_path_buf(),
-        source,
-    })
+    write_atomic(path, to_csv(reports).as_bytes())
 }
 
 /// Save an attacked batch as safetensors with the tensors `x`, `x_adv` (f32 `[N, C, H, W]`),

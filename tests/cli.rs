@@ -822,6 +822,109 @@ mod first_hour {
         );
     }
 
+    /// Saved adversarials recounted in `f64` from their `f32` values lie within ε (the `f32`
+    /// value of ε, exactly) for every norm: an L∞ bound `x + ε` rounded above the exact sum
+    /// used to leave pixels up to half an ulp outside.
+    #[test]
+    fn saved_adversarials_are_within_eps_in_f64_for_every_norm() {
+        for (norm, eps) in [("linf", "0.1"), ("l2", "1.5"), ("l1", "12")] {
+            let adv = tmp(&format!("recount-{norm}.safetensors"));
+            let out = perturb(&[
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--attack",
+                "pgd",
+                "--norm",
+                norm,
+                "--eps",
+                eps,
+                "--steps",
+                "10",
+                "--n",
+                "64",
+                "--quiet",
+                "--force",
+                "--save-adversarials",
+                adv.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let saved = candle_core::safetensors::load(&adv, &Device::Cpu).unwrap();
+            let rows = |name: &str| {
+                saved[name]
+                    .flatten_from(1)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap()
+            };
+            let (x, x_adv) = (rows("x"), rows("x_adv"));
+            let eps = f64::from(eps.parse::<f32>().unwrap());
+            let (mut at_bound, mut worst) = (0usize, 0f64);
+            for (clean, moved) in x.iter().zip(&x_adv) {
+                let d = clean
+                    .iter()
+                    .zip(moved)
+                    .map(|(a, b)| f64::from(*b) - f64::from(*a));
+                let dist = match norm {
+                    "linf" => d.fold(0.0, |m: f64, v| m.max(v.abs())),
+                    "l2" => d.map(|v| v * v).sum::<f64>().sqrt(),
+                    _ => d.map(f64::abs).sum(),
+                };
+                let bound = if norm == "linf" {
+                    eps
+                } else {
+                    eps * (1.0 + 1e-12)
+                };
+                assert!(dist <= bound, "{norm}: distance {dist} > eps {eps}");
+                assert!(moved.iter().all(|v| (0.0..=1.0).contains(v)));
+                at_bound += usize::from(dist >= eps * (1.0 - 1e-4));
+                worst = worst.max(dist);
+            }
+            // The check is not vacuous: the attack uses its budget.
+            assert!(at_bound > 0, "{norm}: largest distance {worst}, eps {eps}");
+        }
+    }
+
+    /// Saved adversarials get the mode any new file gets, also when `--force` replaces a file
+    /// (both used to be `0600`, the mode of a private temporary file).
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_gets_the_mode_of_a_new_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (fresh, replaced) = (tmp("mode-new.safetensors"), tmp("mode-old.safetensors"));
+        let _ = std::fs::remove_file(&fresh);
+        std::fs::write(&replaced, b"old").unwrap();
+        for (path, force) in [(&fresh, false), (&replaced, true)] {
+            let mut args = vec![
+                "attack",
+                "--model",
+                "mnist-linear",
+                "--attack",
+                "fgsm",
+                "--eps",
+                "0.1",
+                "--n",
+                "4",
+                "--quiet",
+                "--save-adversarials",
+                path.to_str().unwrap(),
+            ];
+            if force {
+                args.push("--force");
+            }
+            let out = perturb(&args);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        // What any new file gets here (0666 less the umask, which the child inherits).
+        let probe = tmp("mode-probe");
+        let _ = std::fs::remove_file(&probe);
+        std::fs::write(&probe, b"").unwrap();
+        assert_eq!(mode(&fresh), mode(&probe));
+        assert_eq!(mode(&replaced), mode(&probe));
+        assert_ne!(std::fs::read(&replaced).unwrap(), b"old");
+    }
+
     #[test]
     fn eps_as_a_fraction_negative_eps_and_loss_names() {
         let json = tmp("frac.json");

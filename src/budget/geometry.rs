@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use super::host::SHRINK;
 use super::{Budget, Norm};
 use crate::error::{Error, Result};
 
@@ -43,9 +44,8 @@ impl Budget {
         }
         let (lo, hi) = (f64::from(self.lo), f64::from(self.hi));
         if self.norm == Norm::Linf {
-            let eps = f64::from(self.eps);
-            let lower = x.affine(1.0, -eps)?.maximum(lo)?;
-            let upper = x.affine(1.0, eps)?.minimum(hi)?;
+            let lower = toward(x, -self.eps)?.maximum(lo)?;
+            let upper = toward(x, self.eps)?.minimum(hi)?;
             return Ok(x_adv.maximum(&lower)?.minimum(&upper)?);
         }
         let shape = x.shape().clone();
@@ -210,6 +210,27 @@ impl Budget {
         let count = selected.sum_keepdim(1)?.maximum(1.0)?;
         Ok(g.sign()?.mul(&selected)?.broadcast_div(&count)?)
     }
+}
+
+/// `x + e` rounded toward `x`, element by element: the host kernel's `toward` as tensor ops
+/// (the same IEEE operations in the same order, so both paths agree bit for bit). TwoSum gives
+/// the sum's exact rounding error; a sum rounded past `x + e` moves one ulp back toward `x`.
+fn toward(x: &Tensor, e: f32) -> Result<Tensor> {
+    let ef = f64::from(e);
+    let s = x.affine(1.0, ef)?;
+    let b = (&s - x)?;
+    let err = (x - (&s - &b)?)?.add(&b.affine(-1.0, ef)?)?;
+    let past = if e > 0.0 { err.lt(0.0)? } else { err.gt(0.0)? };
+    let shrink = Tensor::new(SHRINK, x.device())?.to_dtype(x.dtype())?;
+    let smaller = s.broadcast_mul(&shrink)?;
+    let larger = s.broadcast_div(&shrink)?;
+    // Toward zero when moving down from a positive sum or up from a negative one.
+    let moved = if e > 0.0 {
+        s.gt(0.0)?.where_cond(&smaller, &larger)?
+    } else {
+        s.gt(0.0)?.where_cond(&larger, &smaller)?
+    };
+    Ok(past.where_cond(&moved, &s)?)
 }
 
 /// Error unless the L1 sparsity lies in `[0, 1)`.

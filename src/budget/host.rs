@@ -19,7 +19,12 @@ use super::{Budget, Norm};
 use crate::error::Result;
 use crate::simd::{multiversion, with_cpu_f32, written};
 
-/// The L∞ projection of one pixel: onto `[x − eps, x + eps] ∩ [lo, hi]`.
+/// `1 − 2⁻²⁴`: multiplying a normal `f32` by it gives the neighbour toward zero, dividing by it
+/// the neighbour away from zero (both exactly, with round-to-nearest).
+pub(super) const SHRINK: f32 = 1.0 - 1.0 / 16_777_216.0;
+
+/// The L∞ projection of one pixel: onto `[x − eps, x + eps] ∩ [lo, hi]`, with the bounds
+/// `x ± eps` rounded toward `x` so that the result is within `eps` of `x` in exact arithmetic.
 #[derive(Clone, Copy)]
 struct Clamp {
     eps: f32,
@@ -29,12 +34,37 @@ struct Clamp {
 
 impl Clamp {
     /// [`Budget::project`]'s arithmetic for one pixel `v` around the clean pixel `x`: the
-    /// bounds `x ± eps` (an affine each) met with the box, then candle's maximum and minimum.
+    /// bounds `x ± eps` rounded toward `x` ([`toward`]) met with the box, then candle's maximum
+    /// and minimum.
     #[inline(always)]
     fn apply(self, v: f32, x: f32) -> f32 {
-        let lower = max(x - self.eps, self.lo);
-        let upper = min(x + self.eps, self.hi);
+        let lower = max(toward(x, -self.eps), self.lo);
+        let upper = min(toward(x, self.eps), self.hi);
         min(max(v, lower), upper)
+    }
+}
+
+/// `x + e` rounded toward `x`: the `f32` nearest to `x + e` when that lies between `x` and
+/// `x + e` in exact arithmetic, otherwise its neighbour on `x`'s side.
+///
+/// The rounding error of the sum is found exactly by Knuth's TwoSum; a sum rounded past
+/// `x + e` moves one ulp back, by [`SHRINK`] (never needed at zero or in the subnormal range,
+/// where the sum is exact). [`Budget::project`]'s tensor path does the same operations.
+#[inline(always)]
+pub(super) fn toward(x: f32, e: f32) -> f32 {
+    let s = x + e;
+    let b = s - x;
+    let err = (x - (s - b)) + (e - b);
+    // Past the bound: above it for a positive `e` (the exact sum is below `s`), below it for a
+    // negative one.
+    let past = if e > 0.0 { err < 0.0 } else { err > 0.0 };
+    // Down (toward −∞) for a positive `e`, up for a negative one.
+    let toward_zero = (e > 0.0) == (s > 0.0);
+    let moved = if toward_zero { s * SHRINK } else { s / SHRINK };
+    if past {
+        moved
+    } else {
+        s
     }
 }
 
@@ -213,6 +243,58 @@ fn min(a: f32, b: f32) -> f32 {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    /// `toward(x, e)` is the `f32` directed-rounded value of the exact `x + e` (toward `x`):
+    /// on the right side of it, and its neighbour beyond `x + e` is on the other side. Exact
+    /// sums in `f64` (both operands `f32` of nearby exponents) are the oracle; the cases cover
+    /// every sign, both binades around powers of two and the bounds of the unit box.
+    #[test]
+    fn toward_rounds_the_bound_toward_x() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut cases = vec![
+            (0.5f32, 0.2f32),
+            (1.0, 0.1),
+            (0.25, 0.25),
+            (0.0, 0.1),
+            (1.0, 1.0),
+        ];
+        for _ in 0..200_000 {
+            let r = next();
+            let x = (r % 2_000_001) as f32 / 1_000_000.0 - 1.0;
+            let e = 10f32.powf(-(((r >> 24) % 4000) as f32) / 1000.0);
+            let x = if r >> 60 == 0 {
+                2f32.powi(-(((r >> 32) % 6) as i32))
+            } else {
+                x
+            };
+            cases.push((x, e));
+        }
+        for (x, e) in cases {
+            for e in [e, -e] {
+                let got = toward(x, e);
+                let exact = f64::from(x) + f64::from(e);
+                if e > 0.0 {
+                    assert!(f64::from(got) <= exact, "{x} + {e}: {got} above {exact}");
+                    assert!(
+                        f64::from(got.next_up()) > exact,
+                        "{x} + {e}: {got} not the nearest"
+                    );
+                } else {
+                    assert!(f64::from(got) >= exact, "{x} + {e}: {got} below {exact}");
+                    assert!(
+                        f64::from(got.next_down()) < exact,
+                        "{x} + {e}: {got} not the nearest"
+                    );
+                }
+            }
+        }
+    }
 
     /// The host pass against the composed `f64` tensor ops, for every norm, for rows shorter
     /// than, equal to and longer than the eight accumulators, and row tails.

@@ -6,10 +6,12 @@
 //! and [`Budget::random_start`] draws a uniform point of the ball.
 //!
 //! **Guarantee**: every point returned by `project` and `random_start` lies in the box, and its
-//! distance to `x`, computed exactly (in `f64`) from the returned `f32` values, is at most ε for
-//! L2 and L1 and at most ε plus half an `f32` ulp for L∞. For L2 and L1 this holds because the
-//! projection runs in `f64` onto a ball shrunk by the worst-case rounding to `f32` (√D·2⁻²⁴ for
-//! L2, D·2⁻²⁴ for L1, relative to the box's largest magnitude; 1.7e-6 and 4.7e-5 for MNIST).
+//! distance to `x`, computed exactly (in `f64`) from the returned `f32` values, is at most ε
+//! (the `f32` value of ε, exactly). For L∞ the bounds `x ± ε` are rounded toward `x` (a sum that
+//! rounds past `x + ε` moves back one ulp; its error is found exactly by TwoSum), so a float64
+//! recount never exceeds ε. For L2 and L1 the projection runs in `f64` onto a ball shrunk by
+//! the worst-case rounding to `f32` (√D·2⁻²⁴ for L2, D·2⁻²⁴ for L1, relative to the box's
+//! largest magnitude; 1.7e-6 and 4.7e-5 for MNIST).
 
 mod geometry;
 mod host;

@@ -420,15 +420,17 @@ pub fn resolve(
     load_file(arch, path, expected_sha256, device)
 }
 
-/// Save named tensors as safetensors.
+/// Save named tensors as safetensors, written whole and renamed into place (a reader never
+/// sees half a file); a replaced file gets the mode a new file would.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be written.
+/// [`Error::Io`] when the tensors cannot be serialised or the file cannot be written.
 pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(tensors, path).map_err(|e| Error::Io {
+    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| Error::Io {
         file: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
-    })
+    })?;
+    crate::export::write_atomic(path, &bytes)
 }
 
 /// Lowercase hex sha256 of a byte string.
