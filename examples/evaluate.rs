@@ -15,7 +15,7 @@ use candle_core::Device;
 use clap::Parser;
 use perturb::data::Mnist;
 use perturb::eval::{count_correct, count_robust};
-use perturb::{zoo, Attack, Budget, Fgsm, Pgd};
+use perturb::{zoo, Budget, Fgsm, Pgd};
 
 /// Clean and robust (FGSM, PGD) accuracy of a shipped model on the MNIST test set.
 #[derive(Parser)]
@@ -78,8 +78,7 @@ fn main() -> Result<()> {
         .step_size(alpha)
         .early_stop(true)
         .seed(0);
-    let attacks: [(&str, &dyn Attack); 2] = [("FGSM", &fgsm), ("PGD", &pgd)];
-    for (label, attack) in attacks {
+    for attack in [&fgsm, &pgd] {
         let mut sizes = vec![n];
         if full {
             sizes.push(10_000);
@@ -94,8 +93,8 @@ fn main() -> Result<()> {
                 250,
             )?;
             println!(
-                "{label} (eps {eps}, {} steps, step {alpha}) robust accuracy on the first {size}: {robust} / {size}  [{:.0} s]",
-                if label == "FGSM" { 1 } else { steps },
+                "{}: robust accuracy on the first {size}: {robust} / {size}  [{:.0} s]",
+                attack.summary(),
                 start.elapsed().as_secs_f64()
             );
         }

@@ -293,3 +293,36 @@ fn adversarial_training_is_reproducible() -> perturb::Result<()> {
     assert_ne!(bits(&a["fc.weight"])?, bits(&plain["fc.weight"])?);
     Ok(())
 }
+
+/// An input of the wrong size (MNIST re-encoded at 32×32) is refused with the expected and the
+/// actual shape, said once, by the model itself and by an attack on it; a right-sized batch
+/// passes the same check.
+#[test]
+fn a_wrong_input_shape_names_both_shapes_once() -> perturb::Result<()> {
+    use candle_core::{DType, Module, Tensor};
+    use perturb::Attack;
+    let dev = Device::Cpu;
+    for name in ["mnist-linear", "mnist-cnn"] {
+        let model = zoo::load(name, &dev)?;
+        let x = Tensor::full(0.5f32, (2, 1, 32, 32), &dev)?;
+        let y = Tensor::new(&[3u32, 5], &dev)?;
+        assert!(matches!(
+            model.check_input(&x),
+            Err(Error::ShapeMismatch { what: "input", ref got, .. }) if got == &[2, 1, 32, 32]
+        ));
+        let direct = model.forward(&x).unwrap_err().to_string();
+        let attacked = Pgd::new(Budget::linf(0.1)?)
+            .steps(2)
+            .run(&model, &x, &perturb::Goal::untargeted(&y))
+            .unwrap_err()
+            .to_string();
+        for text in [direct, attacked] {
+            assert_eq!(text.matches("expected shape [N, 1, 28, 28]").count(), 1, "{text}");
+            assert_eq!(text.matches("got [2, 1, 32, 32]").count(), 1, "{text}");
+            assert!(text.len() < 160, "one short line: {text}");
+        }
+        let ok = Tensor::zeros((2, 1, 28, 28), DType::F32, &dev)?;
+        model.check_input(&ok)?;
+    }
+    Ok(())
+}

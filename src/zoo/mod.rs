@@ -197,10 +197,47 @@ impl ZooModel {
     pub fn arch(&self) -> Arch {
         self.arch
     }
+
+    /// Error unless `x` is a batch this model reads: `[N, ..arch.input_shape()]`.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// let model = perturb::zoo::load("mnist-linear", &Device::Cpu)?;
+    /// let resized = Tensor::zeros((2, 1, 32, 32), DType::F32, &Device::Cpu)?;
+    /// let err = model.check_input(&resized).unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "input: expected shape [N, 1, 28, 28] (mnist-linear), got [2, 1, 32, 32]"
+    /// );
+    /// # Ok::<(), perturb::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming the expected and the actual shape.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let want = self.arch.input_shape();
+        if x.rank() == 4 && x.dims()[1..] == want {
+            return Ok(());
+        }
+        Err(Error::ShapeMismatch {
+            what: "input",
+            expected: format!(
+                "[N, {}, {}, {}] ({})",
+                want[0], want[1], want[2], self.arch
+            ),
+            got: x.dims().to_vec(),
+        })
+    }
 }
 
 impl Module for ZooModel {
+    /// The logits; an input of the wrong shape is refused up front with one plain message
+    /// ([`ZooModel::check_input`]'s) instead of a layer's internal shape error and its
+    /// backtrace.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Err(e) = self.check_input(x) {
+            return Err(candle_core::Error::Msg(e.to_string()));
+        }
         match &self.net {
             Net::Linear(m) => m.forward(x),
             Net::Cnn(m) => m.forward(x),

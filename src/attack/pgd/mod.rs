@@ -215,6 +215,36 @@ impl Pgd {
             .unwrap_or(2.5 * eps / p.steps.max(1) as f32)
     }
 
+    /// One line for logs: name, budget, steps and the step length in use (FGSM's is ε).
+    ///
+    /// ```
+    /// use perturb::{Budget, Fgsm, Pgd};
+    /// let b = Budget::linf(0.3)?;
+    /// assert_eq!(Fgsm::new(b).summary(), "fgsm (linf, eps 0.3): 1 step of 0.3");
+    /// assert_eq!(
+    ///     Pgd::new(b).steps(40).step_size(0.01).summary(),
+    ///     "pgd (linf, eps 0.3): 40 steps of 0.01"
+    /// );
+    /// # Ok::<(), perturb::Error>(())
+    /// ```
+    pub fn summary(&self) -> String {
+        let steps = self.params.steps;
+        let restarts = self.params.restarts;
+        format!(
+            "{} ({}, eps {}): {steps} step{} of {}{}",
+            crate::Attack::name(self),
+            self.budget.norm(),
+            self.budget.eps(),
+            if steps == 1 { "" } else { "s" },
+            self.alpha(),
+            if restarts > 1 {
+                format!(", {restarts} restarts")
+            } else {
+                String::new()
+            }
+        )
+    }
+
     /// The attack with its parameters checked.
     ///
     /// # Errors
