@@ -3,9 +3,11 @@
 //! on the digit's centre.
 //!
 //! ```sh
-//! cargo run --release --example patch                       # the full curve (~1 h on 2 cores)
+//! cargo run --release --example patch                       # the full curve (38 min, see below)
 //! cargo run --release --example patch -- --steps 100 --areas 0.154,0.216 --targets 8
 //! ```
+//! Run time: 38 min for the full curve on the 2-core development machine (AMD EPYC with
+//! AVX-512; `docs/patch/run.log`); it scales with `--steps` × areas × targets.
 //! Flags (defaults): `--model mnist-cnn`, `--areas 0.05,0.082,0.154,0.216,0.25`, `--targets 0,8`,
 //! `--steps 1000`, `--batch-size 128`, `--lr 0.1` (Adam), `--rotation 20`, `--eval 1200` (first test
 //! images; those of the target class are skipped), `--seed 0`, `--out patch_out`,

@@ -1136,3 +1136,200 @@ mod first_hour {
         );
     }
 }
+
+mod patch {
+    use super::*;
+    use perturb::attack::{Patch, PatchApplication, PatchTrainer, Region, Transforms};
+
+    /// `patch train` → `patch eval` → `patch apply`: the saved patch is the one the library
+    /// trains with the same settings, and both figures equal the library's on the same images.
+    #[test]
+    fn train_eval_apply_agree_with_the_library() {
+        let (file, png, eval_json, apply_json) = (
+            tmp("patch.safetensors"),
+            tmp("patch.png"),
+            tmp("patch-eval.json"),
+            tmp("patch-apply.json"),
+        );
+        let paths = [&file, &png, &eval_json, &apply_json].map(|p| p.to_str().unwrap().to_string());
+        let model_args = ["--model", "mnist-linear", "--quiet"];
+        let mut train = vec!["patch", "train", "--target", "3", "--area", "0.1"];
+        train.extend([
+            "--steps",
+            "8",
+            "--train-batch",
+            "16",
+            "--n",
+            "200",
+            "--seed",
+            "5",
+        ]);
+        train.extend([
+            "--rotation",
+            "10",
+            "--out",
+            &paths[0],
+            "--png",
+            &paths[1],
+            "--force",
+        ]);
+        train.extend(model_args);
+        let out = perturb(&train);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("toward 3"),
+            "{}",
+            text(&out.stdout)
+        );
+
+        let dev = Device::Cpu;
+        let model = zoo::load("mnist-linear", &dev).unwrap();
+        let mnist = Mnist::load_default(&dev).unwrap();
+        // the first 200 training digits that are not a 3
+        let keep = |labels: &Tensor, n: usize| -> Vec<u32> {
+            let l = labels.to_vec1::<u32>().unwrap();
+            (0..l.len() as u32)
+                .filter(|&i| l[i as usize] != 3)
+                .take(n)
+                .collect()
+        };
+        let pick =
+            |x: &Tensor, idx: &[u32]| x.index_select(&Tensor::new(idx, &dev).unwrap(), 0).unwrap();
+        let train_idx = keep(&mnist.train_labels, 200);
+        let rotation = Transforms {
+            rotation_deg: 10.0,
+            ..Transforms::default()
+        };
+        let trained = PatchTrainer::new(3, 0.1)
+            .steps(8)
+            .batch_size(16)
+            .transforms(rotation)
+            .seed(5)
+            .train(&model, &pick(&mnist.train_images, &train_idx))
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let saved = Patch::load(&file, &dev).unwrap();
+        assert_eq!(flat(saved.pixels()), flat(trained.patch.pixels()));
+        let from_png = Patch::load_png(&png, 1, perturb::attack::PatchShape::Square, &dev).unwrap();
+        let png_error = flat(from_png.pixels())
+            .iter()
+            .zip(flat(saved.pixels()))
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            png_error <= 0.5 / 255.0 + 1e-6,
+            "PNG is the patch to 8 bits"
+        );
+
+        for (path, json) in [(&paths[0], &paths[2]), (&paths[1], &paths[2])] {
+            let mut eval = vec![
+                "patch", "eval", "--patch", path, "--target", "3", "--n", "300",
+            ];
+            eval.extend(["--rotation", "10", "--seed", "2", "--json", json]);
+            eval.extend(model_args);
+            let out = perturb(&eval);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        let test_idx = keep(&mnist.test_labels, 300);
+        let (xt, yt) = (
+            pick(&mnist.test_images, &test_idx),
+            pick(&mnist.test_labels, &test_idx),
+        );
+        let lib = PatchTrainer::new(3, 0.1)
+            .transforms(rotation)
+            .evaluate(&model, &from_png, &xt, &yt, 2)
+            .unwrap();
+        let got: serde_json::Value = read_json(&eval_json);
+        assert_eq!(got["images"], 300);
+        assert_eq!(got["success_rate"].as_f64().unwrap(), lib.success_rate);
+        assert_eq!(
+            got["noise_success_rate"].as_f64().unwrap(),
+            lib.noise_success_rate
+        );
+
+        let mut apply = vec!["patch", "apply", "--patch", &paths[0], "--target", "3"];
+        apply.extend(["--n", "40", "--seed", "9", "--json", &paths[3]]);
+        apply.extend(model_args);
+        let out = perturb(&apply);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report: Report = read_json(&apply_json);
+        let idx = &test_idx[..40];
+        let (xa, ya) = (pick(&mnist.test_images, idx), pick(&mnist.test_labels, idx));
+        let attack = PatchApplication::new(saved, Region::Anywhere).seed(9);
+        let lib = Evaluator::new(&model, &xa, &ya)
+            .unwrap()
+            .run(&attack, Some(3))
+            .unwrap()
+            .report;
+        assert_eq!(
+            (report.samples, report.successes, report.robust_correct),
+            (lib.samples, lib.successes, lib.robust_correct)
+        );
+        assert_eq!(report.attack.target, Some(3));
+    }
+
+    #[test]
+    fn bad_patches_and_outputs_are_one_line_errors() {
+        let exists = tmp("patch-exists.safetensors");
+        std::fs::write(&exists, b"keep").unwrap();
+        let p = exists.to_str().unwrap();
+        for (args, needle) in [
+            (
+                vec![
+                    "patch",
+                    "train",
+                    "--model",
+                    "mnist-linear",
+                    "--target",
+                    "3",
+                    "--out",
+                    p,
+                ],
+                "--force",
+            ),
+            (
+                vec![
+                    "patch",
+                    "eval",
+                    "--model",
+                    "mnist-linear",
+                    "--target",
+                    "3",
+                    "--patch",
+                    p,
+                ],
+                "patch-exists.safetensors",
+            ),
+            (
+                vec![
+                    "patch",
+                    "apply",
+                    "--model",
+                    "mnist-linear",
+                    "--patch",
+                    "/nonexistent/p.png",
+                ],
+                "/nonexistent/p.png",
+            ),
+            (
+                vec![
+                    "patch",
+                    "eval",
+                    "--model",
+                    "mnist-linear",
+                    "--target",
+                    "12",
+                    "--patch",
+                    p,
+                ],
+                "12",
+            ),
+        ] {
+            let out = perturb(&args);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        assert_eq!(std::fs::read(&exists).unwrap(), b"keep");
+    }
+}

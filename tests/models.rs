@@ -317,7 +317,11 @@ fn a_wrong_input_shape_names_both_shapes_once() -> perturb::Result<()> {
             .unwrap_err()
             .to_string();
         for text in [direct, attacked] {
-            assert_eq!(text.matches("expected shape [N, 1, 28, 28]").count(), 1, "{text}");
+            assert_eq!(
+                text.matches("expected shape [N, 1, 28, 28]").count(),
+                1,
+                "{text}"
+            );
             assert_eq!(text.matches("got [2, 1, 32, 32]").count(), 1, "{text}");
             assert!(text.len() < 160, "one short line: {text}");
         }

@@ -221,10 +221,7 @@ impl ZooModel {
         }
         Err(Error::ShapeMismatch {
             what: "input",
-            expected: format!(
-                "[N, {}, {}, {}] ({})",
-                want[0], want[1], want[2], self.arch
-            ),
+            expected: format!("[N, {}, {}, {}] ({})", want[0], want[1], want[2], self.arch),
             got: x.dims().to_vec(),
         })
     }

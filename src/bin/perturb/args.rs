@@ -50,6 +50,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Exit 0 when robust accuracy reaches a threshold, 1 when it falls short (for CI).
     Gate(GateArgs),
+    /// Universal adversarial patches: train one, measure a saved one, paste it on images.
+    Patch(crate::patch::PatchArgs),
 }
 
 /// Model, data and device.
@@ -69,10 +71,11 @@ pub struct Common {
     /// Expected sha256 (hex) of weights given by path; loading fails on a mismatch.
     #[arg(long)]
     pub sha256: Option<String>,
-    /// Number of MNIST test images (default 1000; not with --image).
+    /// Number of MNIST images (default 1000; from the test set, or the training set for `patch
+    /// train`; not with --image).
     #[arg(long)]
     pub n: Option<usize>,
-    /// Index of the first test image (default 0; not with --image).
+    /// Index of the first MNIST image (default 0; not with --image).
     #[arg(long)]
     pub offset: Option<usize>,
     /// Images per batch.
@@ -273,6 +276,13 @@ fn max_eps(norm: Norm, pixels: usize) -> f32 {
     }
 }
 
+/// Which MNIST split `--n` and `--offset` select from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Test,
+    Train,
+}
+
 /// Whether `--param` names one attack (every key must be its) or a list (`eval --attacks`:
 /// each key goes to the attacks that take it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +402,11 @@ impl Common {
     /// Load the model and the data: the `--image` files, or the MNIST test images
     /// `[offset, offset + n)`; images of the `target` class (a targeted attack's) are left out.
     pub fn load(&self, target: Option<&str>) -> Result<Loaded> {
+        self.load_split(target, Split::Test)
+    }
+
+    /// [`Common::load`] from either MNIST split (a patch trains on the training split).
+    pub fn load_split(&self, target: Option<&str>, split: Split) -> Result<Loaded> {
         let device = perturb::device::parse(&self.device)?;
         let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
         let shipped = zoo::SHIPPED.iter().any(|s| s.name == self.model);
@@ -424,7 +439,13 @@ impl Common {
                 arch.input_shape()[2]
             );
         }
-        let (images, labels) = Mnist::load_test_default(&device)?;
+        let (images, labels) = match split {
+            Split::Test => Mnist::load_test_default(&device)?,
+            Split::Train => {
+                let m = Mnist::load_default(&device)?;
+                (m.train_images, m.train_labels)
+            }
+        };
         let (mut images, mut labels) = (images, labels);
         if let Some(t) = target {
             let keep: Vec<u32> = labels
@@ -438,19 +459,27 @@ impl Common {
             images = images.index_select(&keep, 0)?;
             labels = labels.index_select(&keep, 0)?;
         }
+        let set = match split {
+            Split::Test => "MNIST test",
+            Split::Train => "MNIST training",
+        };
         let total = labels.dim(0)?;
         let (n, offset) = (self.n(), self.offset());
         let end = offset.checked_add(n).filter(|&e| e <= total);
         let Some(end) = end else {
             bail!(
-                "--offset {} --n {} asks for images past the {total} available MNIST test images",
+                "--offset {} --n {} asks for images past the {total} available {set} images",
                 offset,
                 n
             );
         };
+        let set = match split {
+            Split::Test => "mnist-test",
+            Split::Train => "mnist-train",
+        };
         let data_name = match target {
-            None => format!("mnist-test[{offset}..{end}]"),
-            Some(t) => format!("mnist-test without class {t}[{offset}..{end}]"),
+            None => format!("{set}[{offset}..{end}]"),
+            Some(t) => format!("{set} without class {t}[{offset}..{end}]"),
         };
         Ok(Loaded {
             model,

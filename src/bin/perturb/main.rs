@@ -3,8 +3,18 @@
 //! Exit codes: 0 success (for `gate`: the model holds), 1 the gate failed, 2 a usage or input
 //! error, printed as one line on stderr.
 
+/// Print a line on stdout; a reader that went away (`| head`) is not an error: the output is
+/// simply no longer wanted, and `gate`'s exit code still carries its verdict.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod args;
 mod outputs;
+mod patch;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,15 +31,6 @@ use perturb::zoo;
 use perturb::Attack;
 
 use args::{AttackArgs, Cli, Command, EvalArgs, GateArgs, Loaded, Scope};
-
-/// Print a line on stdout; a reader that went away (`| head`) is not an error: the output is
-/// simply no longer wanted, and `gate`'s exit code still carries its verdict.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
 
 fn main() -> ExitCode {
     // attack loops reuse large buffers: keep freed memory instead of re-faulting it each step
@@ -91,6 +92,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Attack(a) => attack(a),
         Command::Eval(e) => eval(e),
         Command::Gate(g) => gate(g),
+        Command::Patch(p) => patch::run(p),
     }
 }
 
@@ -244,16 +246,7 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         );
     }
     if let Some(dir) = &a.save_png {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for i in 0..o.labels.len() {
-            let stem = loaded
-                .files
-                .get(i)
-                .and_then(|f| f.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("{}", a.common.offset() + i));
-            perturb::data::save_png(&run.x_adv.get(i)?, dir.join(format!("{stem}.adv.png")), 1)?;
-        }
+        save_pngs(&run, &loaded, a.common.offset(), "adv", dir)?;
     }
     if let Some(path) = &a.json {
         export::write_json(&run.report, path)?;
@@ -276,6 +269,32 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         grid(&loaded.images, &run.x_adv, &run.outcome, path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each image of `run` as a lossless PNG in `dir`: `<file stem>.<suffix>.png` for `--image`
+/// files, `<MNIST index>.<suffix>.png` otherwise.
+fn save_pngs(
+    run: &perturb::eval::Evaluation,
+    loaded: &Loaded,
+    offset: usize,
+    suffix: &str,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for i in 0..run.outcome.labels.len() {
+        let stem = loaded
+            .files
+            .get(i)
+            .and_then(|f| f.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}", offset + i));
+        perturb::data::save_png(
+            &run.x_adv.get(i)?,
+            dir.join(format!("{stem}.{suffix}.png")),
+            1,
+        )?;
+    }
+    Ok(())
 }
 
 /// Up to 8 rows, successful attacks first.
