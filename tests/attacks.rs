@@ -29,7 +29,22 @@ fn ce_gradient(model: &LinearModel, x: &[f32], y: usize) -> Vec<f64> {
 mod fgsm {
     use super::*;
 
-    /// FGSM returns exactly clip(x + ε·sign(∇), 0, 1), bit for bit.
+    /// `x + step` in exact arithmetic (`f64`), rounded to the `f32` on `x`'s side of it: the
+    /// strict ε-ball allows no pixel beyond ε, not even by rounding.
+    fn toward(x: f32, step: f32) -> f32 {
+        let exact = f64::from(x) + f64::from(step);
+        let nearest = exact as f32;
+        if (f64::from(nearest) - f64::from(x)).abs() <= f64::from(step.abs()) {
+            nearest
+        } else if step > 0.0 {
+            nearest.next_down()
+        } else {
+            nearest.next_up()
+        }
+    }
+
+    /// FGSM returns exactly clip(x + ε·sign(∇), 0, 1), bit for bit, with `x + ε·sign(∇)` rounded
+    /// toward `x` (the strict budget).
     #[test]
     fn linf_is_exactly_the_clipped_sign_step() -> perturb::Result<()> {
         let (k, d, n) = (4, 20, 6);
@@ -49,7 +64,7 @@ mod fgsm {
                 for c in 0..d {
                     assert!(g[c].abs() > 1e-6, "degenerate fixture");
                     let step = if g[c] > 0.0 { eps } else { -eps };
-                    let want = (xs[i * d + c] + step).clamp(0.0, 1.0);
+                    let want = toward(xs[i * d + c], step).clamp(0.0, 1.0);
                     assert_eq!(got[i * d + c], want, "eps {eps} sample {i} pixel {c}");
                 }
             }
