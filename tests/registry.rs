@@ -92,7 +92,7 @@ proptest! {
         scale in prop::sample::select(vec![1e-4f32, 0.03, 0.3, 1.0]),
         model_seed in 0u64..50,
     ) {
-        let model = LinearModel::random(model_seed, 3, 16);
+        let model = LinearModel::random(model_seed, 4, 16);
         let (x, y) = batch(seed, 6);
         let eps = [scale.min(1.0), 4.0 * scale, 16.0 * scale];
         for attack in attacks(eps, seed) {
@@ -121,7 +121,7 @@ proptest! {
 
 #[test]
 fn every_attack_is_deterministic_and_reproducible_from_its_report() {
-    let model = LinearModel::random(3, 3, 16);
+    let model = LinearModel::random(3, 4, 16);
     let (x, y) = batch(11, 8);
     let registry = registry();
     for attack in attacks([0.1, 0.5, 2.0], 5) {
@@ -154,7 +154,7 @@ fn every_attack_is_deterministic_and_reproducible_from_its_report() {
 
 #[test]
 fn every_attack_refuses_bad_input_with_typed_errors() {
-    let model = LinearModel::random(3, 3, 16);
+    let model = LinearModel::random(3, 4, 16);
     let (x, y) = batch(1, 4);
     let dev = Device::Cpu;
     let mut with_nan = host(&x);

@@ -15,6 +15,7 @@
 //!    (`tests/registry.rs`) pick it up.
 //! 4. Its own oracle test and a criterion bench.
 
+mod apgd;
 mod at_eps;
 mod batch;
 pub(crate) mod fgsm;
@@ -24,6 +25,8 @@ mod registry;
 mod rows;
 pub(crate) mod traits;
 
+pub use apgd::Apgd;
+pub(crate) use apgd::ApgdParams;
 pub use at_eps::AtEps;
 pub use batch::{Batch, CleanLogits, GradientCheckMode};
 use fgsm::Fgsm;

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::pgd::PgdParams;
-use super::{Fgsm, FixedBudget, Pgd};
+use super::{Apgd, ApgdParams, Fgsm, FixedBudget, Pgd};
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
 
@@ -166,6 +166,20 @@ impl Registry {
                     defaults: || pgd_defaults(true),
                     build: |b, p| build_pgd("pgd", b, p),
                 },
+                Entry {
+                    name: "apgd",
+                    kind: Kind::FixedBudget,
+                    summary: "Auto-PGD: step size adapted per sample, momentum, no step size to tune (Croce & Hein 2020)",
+                    defaults: || apgd_defaults(ApgdParams::default()),
+                    build: |b, p| build_apgd("apgd", b, p),
+                },
+                Entry {
+                    name: "apgd-t",
+                    kind: Kind::FixedBudget,
+                    summary: "targeted Auto-PGD on the DLR loss toward the top-ranked other classes (Croce & Hein 2020)",
+                    defaults: || apgd_defaults(ApgdParams::targeted()),
+                    build: |b, p| build_apgd("apgd-t", b, p),
+                },
             ],
         }
     }
@@ -279,6 +293,29 @@ fn pgd_defaults(random_start: bool) -> Value {
         ..PgdParams::default()
     };
     serde_json::to_value(params).unwrap_or_default()
+}
+
+fn apgd_defaults(params: ApgdParams) -> Value {
+    serde_json::to_value(params).unwrap_or_default()
+}
+
+fn build_apgd(name: &'static str, budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {
+    let params: ApgdParams = typed(name, params)?;
+    if name == "apgd-t" && params.targets == 0 {
+        return Err(Error::InvalidParameter {
+            name: "targets",
+            value: "0".into(),
+            reason: "apgd-t needs at least one target class (apgd is the untargeted attack)",
+        });
+    }
+    if name == "apgd" && params.targets > 0 {
+        return Err(Error::InvalidParameter {
+            name: "targets",
+            value: params.targets.to_string(),
+            reason: "apgd is untargeted: use apgd-t for target classes",
+        });
+    }
+    Ok(Box::new(Apgd::with_params(budget, params).build()?))
 }
 
 fn build_pgd(name: &'static str, budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {
