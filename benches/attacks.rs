@@ -8,9 +8,11 @@
 //! same CNN with its weights as candle variables, i.e. candle's own autograd (weight gradients,
 //! `conv_transpose2d`), for comparison with the constant-weight fast layers the zoo uses.
 //!
-//! `*/in_gradients/*` (after the rest) measures that figure directly, in units of ten gradients
-//! timed next to each PGD-10 (see `common::ten_gradients`): a ratio of two functions timed in
-//! their own windows carries this shared machine's drift of 10–20 % within minutes.
+//! `apgd10` is Auto-PGD's ten steps (eleven gradients: one at the start). `*/in_gradients/*`
+//! (after the rest) measures that figure directly (`apgd9_perturb`: nine steps, ten gradients),
+//! in units of ten gradients timed next to each PGD-10 (see `common::ten_gradients`): a ratio of
+//! two functions timed in their own windows carries this shared machine's drift of 10–20 %
+//! within minutes.
 //!
 //! Threads follow RAYON_NUM_THREADS; state it with the numbers, e.g.
 //! `RAYON_NUM_THREADS=2 cargo bench --bench attacks`, or one group:
@@ -24,7 +26,7 @@ use std::time::Duration;
 use candle_core::{Device, Module, Tensor, Var};
 use common::ten_gradients::{self, TenGradients};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use perturb::attack::{PatchTrainer, Transforms};
+use perturb::attack::{Apgd, PatchTrainer, Transforms};
 use perturb::data::Mnist;
 use perturb::{loss_and_grad, zoo, Attack, Budget, Fgsm, Goal, Loss, Pgd};
 
@@ -68,6 +70,7 @@ fn benches(c: &mut Criterion) {
         .step_size(0.01)
         .check_gradient(false);
     let pgd40_es = pgd40.clone().early_stop(true);
+    let apgd10 = Apgd::new(budget).steps(10).check_gradient(false);
     for (name, model) in &models {
         for n in [1usize, 32, 128] {
             let x = images.narrow(0, 0, n).expect("x");
@@ -92,11 +95,12 @@ fn benches(c: &mut Criterion) {
             g.bench_function("pgd10_perturb", |b| {
                 b.iter(|| pgd10.perturb(model, &x, &goal).expect("pgd"))
             });
-            let attacks: [(&str, &dyn Attack); 4] = [
+            let attacks: [(&str, &dyn Attack); 5] = [
                 ("pgd10", &pgd10),
                 ("fgsm", &fgsm),
                 ("pgd40", &pgd40),
                 ("pgd40_early_stop", &pgd40_es),
+                ("apgd10", &apgd10),
             ];
             for (label, attack) in attacks {
                 g.bench_function(label, |b| {
@@ -196,6 +200,10 @@ fn in_gradients(c: &mut Criterion<TenGradients>) {
     let pgd10 = Pgd::new(Budget::linf(0.1).expect("budget"))
         .steps(10)
         .check_gradient(false);
+    // nine steps and the gradient at the start: ten gradients, as PGD-10
+    let apgd9 = Apgd::new(Budget::linf(0.1).expect("budget"))
+        .steps(9)
+        .check_gradient(false);
     for (name, model) in &mnist_models(&dev) {
         for n in [32usize, 128] {
             let x = images.narrow(0, 0, n).expect("x");
@@ -213,6 +221,13 @@ fn in_gradients(c: &mut Criterion<TenGradients>) {
                 b.iter_custom(|iters| {
                     ten_gradients::rounds(iters, model, &x, &goal, || {
                         pgd10.run(model, &x, &goal).expect("pgd");
+                    })
+                })
+            });
+            g.bench_function("apgd9_perturb", |b| {
+                b.iter_custom(|iters| {
+                    ten_gradients::rounds(iters, model, &x, &goal, || {
+                        apgd9.perturb(model, &x, &goal).expect("apgd");
                     })
                 })
             });

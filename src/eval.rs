@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use crate::data::batches;
 use crate::error::{Error, Result};
 use crate::goal::{class_indices, Goal};
-use crate::metrics::{ratio, AttackInfo, NormStats, Outcome, Report, SCHEMA_VERSION};
+use crate::metrics::{ratio, AttackInfo, NormStats, Outcome, Report, StageReport, SCHEMA_VERSION};
 use crate::model::{checked_logits, predictions, Classifier};
 use crate::Attack;
 
@@ -250,6 +250,8 @@ impl<'a> Evaluator<'a> {
         let mut out = Outcome::default();
         let mut x_adv = Vec::new();
         let (mut gradient_evals, mut forward_evals) = (0u64, 0u64);
+        // an ensemble's stages: samples correct when clean that each stage fooled
+        let mut stage_fooled: Vec<usize> = Vec::new();
         for r in batches(n, self.batch_size)? {
             let x = self.images.narrow(0, r.start, r.len())?;
             let labels = &self.labels[r.clone()];
@@ -280,6 +282,14 @@ impl<'a> Evaluator<'a> {
                 let mut rows: Vec<u32> = (0..r.len() as u32).collect();
                 for (k, &i) in idx.iter().enumerate() {
                     let i = i as usize;
+                    if let Some(Some(s)) = adv.fooled_by.get(k) {
+                        if clean[i] == labels[i] {
+                            if stage_fooled.len() <= *s {
+                                stage_fooled.resize(s + 1, 0);
+                            }
+                            stage_fooled[*s] += 1;
+                        }
+                    }
                     adv_pred[i] = adv.predictions[k];
                     success[i] = adv.success[k];
                     norms[i] = adv.norms[k];
@@ -341,6 +351,7 @@ impl<'a> Evaluator<'a> {
             forward_evals,
             wall_time_s: start.elapsed().as_secs_f64(),
             warnings: Vec::new(),
+            stages: stage_reports(attack, &stage_fooled, robust_correct, n),
         };
         Ok(Evaluation {
             report,
@@ -354,6 +365,40 @@ impl<'a> Evaluator<'a> {
             f(Progress { label, done, total });
         }
     }
+}
+
+/// The per-stage table of an ensemble run: names from the attack's `stages` parameter, robust
+/// counts after each stage from those the later stages fooled. Empty for a single attack.
+fn stage_reports(
+    attack: Option<&dyn Attack>,
+    fooled: &[usize],
+    robust_correct: usize,
+    samples: usize,
+) -> Vec<StageReport> {
+    let Some(stages) = attack.and_then(|a| a.params().get("stages").cloned()) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = stages
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["attack"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = |s: usize| fooled.get(s).copied().unwrap_or(0);
+    (0..names.len())
+        .map(|s| {
+            let later: usize = (s + 1..names.len()).map(count).sum();
+            let robust = robust_correct + later;
+            StageReport {
+                attack: names[s].clone(),
+                fooled: count(s),
+                robust_correct: robust,
+                robust_accuracy: ratio(robust, samples),
+            }
+        })
+        .collect()
 }
 
 /// Check that `model` keeps at least `min_accuracy` robust accuracy against `attack` on the

@@ -60,6 +60,26 @@ impl Goal {
         }
     }
 
+    /// The goal of the samples `rows` (indices into the batch), in that order.
+    ///
+    /// # Errors
+    /// Candle's, for a row past the goal's tensors.
+    pub(crate) fn select(&self, rows: &[u32]) -> Result<Goal> {
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            let idx = Tensor::from_slice(rows, rows.len(), t.device())?;
+            Ok(t.index_select(&idx, 0)?)
+        };
+        Ok(match self {
+            Goal::Untargeted { labels } => Goal::Untargeted {
+                labels: pick(labels)?,
+            },
+            Goal::Targeted { targets, labels } => Goal::Targeted {
+                targets: pick(targets)?,
+                labels: labels.as_ref().map(pick).transpose()?,
+            },
+        })
+    }
+
     /// Whether success means reaching a target class.
     pub fn is_targeted(&self) -> bool {
         matches!(self, Goal::Targeted { .. })

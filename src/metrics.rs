@@ -158,6 +158,24 @@ pub struct Report {
     pub wall_time_s: f64,
     /// Sanity-check warnings (see [`masking_warnings`]); empty when nothing looks wrong.
     pub warnings: Vec<String>,
+    /// For an [`Ensemble`](crate::attack::Ensemble), what each stage added, in order; absent
+    /// (empty) for a single attack. Optional within schema 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageReport>,
+}
+
+/// One stage of an ensemble in a [`Report`]: the samples it fooled (among those correct when
+/// clean that the stages before it left robust) and the robust accuracy after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// The stage's attack name.
+    pub attack: String,
+    /// Samples this stage fooled that every stage before it had left robust.
+    pub fooled: usize,
+    /// Samples still robust after this stage (and all before it).
+    pub robust_correct: usize,
+    /// `robust_correct / samples`.
+    pub robust_accuracy: f64,
 }
 
 impl Report {
@@ -289,7 +307,7 @@ pub struct Sweep {
 ///     data: "d".into(), seed: 0, samples: 100, clean_correct: 99,
 ///     robust_correct: (acc * 100.0) as usize, successes: 0, clean_accuracy: 0.99,
 ///     robust_accuracy: acc, attack_success_rate: 0.0, perturbation: NormStats::default(),
-///     gradient_evals: 0, forward_evals: 0, wall_time_s: 0.0, warnings: vec![],
+///     gradient_evals: 0, forward_evals: 0, wall_time_s: 0.0, warnings: vec![], stages: vec![],
 ///     attack: AttackInfo { name: "pgd".into(), norm: Some(Norm::Linf), eps: Some(eps),
 ///                          target: None, params: serde_json::json!({"steps": 10}) },
 /// };

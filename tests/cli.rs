@@ -1333,3 +1333,159 @@ mod patch {
         assert_eq!(std::fs::read(&exists).unwrap(), b"keep");
     }
 }
+
+mod suite {
+    use super::*;
+
+    fn run_json(args: &[&str], name: &str) -> (Output, serde_json::Value) {
+        let json = tmp(name);
+        let mut all = args.to_vec();
+        let p = json.to_str().unwrap().to_string();
+        all.extend(["--json", &p, "--quiet"]);
+        let out = perturb(&all);
+        let value = if out.status.success() || out.status.code() == Some(1) {
+            read_json(&json)
+        } else {
+            serde_json::Value::Null
+        };
+        (out, value)
+    }
+
+    /// `--suite A,B` runs B on what A left: robust accuracy at most each attack's alone, a
+    /// per-stage table that adds up, and a gate between the single attack and the ensemble
+    /// passes the one and fails the other.
+    #[test]
+    fn suites_are_the_worst_case_and_gate_on_it() {
+        let base = ["--model", "mnist-linear", "--eps", "0.05", "--n", "200"];
+        fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            let mut a = vec!["gate"];
+            a.extend(base);
+            a.extend(extra);
+            a
+        }
+        let (out, fgsm) = run_json(
+            &with(&base, &["--attack", "fgsm", "--min-robust-accuracy", "0"]),
+            "s-fgsm.json",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (out, suite) = run_json(
+            &with(
+                &base,
+                &["--suite", "fgsm,apgd", "--min-robust-accuracy", "0"],
+            ),
+            "s-suite.json",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let robust = |v: &serde_json::Value| v["robust_correct"].as_u64().unwrap();
+        assert!(robust(&suite) < robust(&fgsm), "apgd adds to fgsm");
+        let stages = suite["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), 2);
+        assert_eq!(stages[0]["attack"], "fgsm");
+        assert_eq!(stages[0]["robust_correct"], fgsm["robust_correct"]);
+        assert_eq!(stages[1]["robust_correct"], suite["robust_correct"]);
+        assert_eq!(suite["attack"]["name"], "ensemble");
+        // a threshold between the two: FGSM passes it, the suite does not
+        let between = (robust(&suite) + robust(&fgsm)) as f64 / 2.0 / 200.0;
+        let between = format!("{between}");
+        let (pass, _) = run_json(
+            &with(
+                &base,
+                &["--attack", "fgsm", "--min-robust-accuracy", &between],
+            ),
+            "s-pass.json",
+        );
+        let (fail, _) = run_json(
+            &with(
+                &base,
+                &["--suite", "fgsm,apgd", "--min-robust-accuracy", &between],
+            ),
+            "s-fail.json",
+        );
+        assert_eq!((pass.status.code(), fail.status.code()), (Some(0), Some(1)));
+
+        // attack prints the stages; eval sweeps the suite beside the attacks
+        let out = perturb(&[
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.05",
+            "--n",
+            "50",
+            "--suite",
+            "fgsm,apgd",
+            "--quiet",
+        ]);
+        assert!(
+            text(&out.stdout).contains("stage 2 apgd"),
+            "{}",
+            text(&out.stdout)
+        );
+        let (out, sweep) = run_json(
+            &[
+                "eval",
+                "--model",
+                "mnist-linear",
+                "--n",
+                "50",
+                "--attacks",
+                "fgsm",
+                "--suite",
+                "fgsm,pgd",
+                "--eps",
+                "0,0.05",
+            ],
+            "s-eval.json",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let names: Vec<&str> = sweep["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["attack"]["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"ensemble") && names.contains(&"fgsm"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn standard_and_bad_suites_are_one_line_errors() {
+        for (suite, needle) in [
+            ("standard", "FAB-T and Square"),
+            ("fgsm,,pgd", "comma-separated"),
+            ("fgsm,nope", "nope"),
+        ] {
+            let out = perturb(&[
+                "gate",
+                "--model",
+                "mnist-linear",
+                "--eps",
+                "0.1",
+                "--suite",
+                suite,
+                "--min-robust-accuracy",
+                "0.5",
+            ]);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{suite}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(needle), "{suite}: {err}");
+        }
+        let out = perturb(&[
+            "gate",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--suite",
+            "fast",
+            "--attack",
+            "pgd",
+            "--min-robust-accuracy",
+            "0.5",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+}

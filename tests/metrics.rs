@@ -207,6 +207,7 @@ mod warnings {
             forward_evals: 0,
             wall_time_s: 0.0,
             warnings: vec![],
+            stages: vec![],
         }
     }
 

@@ -253,6 +253,7 @@ impl Batch {
             norms,
             gradient_evals: self.gradient_evals,
             forward_evals: self.forward_evals,
+            fooled_by: Vec::new(),
         })
     }
 }

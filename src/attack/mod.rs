@@ -18,6 +18,7 @@
 mod apgd;
 mod at_eps;
 mod batch;
+mod ensemble;
 pub(crate) mod fgsm;
 mod patch;
 pub(crate) mod pgd;
@@ -29,6 +30,7 @@ pub use apgd::Apgd;
 pub(crate) use apgd::ApgdParams;
 pub use at_eps::AtEps;
 pub use batch::{Batch, CleanLogits, GradientCheckMode};
+pub use ensemble::Ensemble;
 use fgsm::Fgsm;
 pub use patch::{
     apply_patch, random_placement, Patch, PatchApplication, PatchEvaluation, PatchOptimizer,

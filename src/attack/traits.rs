@@ -175,6 +175,9 @@ pub struct Adversarial {
     /// Forward-only passes spent (success checks, verdicts, queries of a black-box attack),
     /// counted per sample.
     pub forward_evals: usize,
+    /// For an [`Ensemble`](crate::attack::Ensemble): per sample, the stage that fooled it
+    /// (`None`: none did). Empty for a single attack.
+    pub fooled_by: Vec<Option<usize>>,
 }
 
 impl Adversarial {

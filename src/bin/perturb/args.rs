@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
-use perturb::attack::{AttackSpec, FixedBudget, Registry};
+use perturb::attack::{AttackSpec, Ensemble, FixedBudget, Registry};
 use perturb::data::{load_image, load_photo, Fit, Mnist};
 use perturb::zoo::{self, Arch, ZooModel};
 use perturb::Norm;
@@ -133,10 +133,14 @@ pub struct Spec {
 /// One attack, its radius and its parameters: what `attack` and `gate` run.
 #[derive(Args, Debug)]
 pub struct Chosen {
-    /// The attack: fgsm, bim or pgd (`perturb attacks` lists them); default pgd, or the one
-    /// --attack-spec names.
-    #[arg(long)]
+    /// The attack: fgsm, bim, pgd, apgd or apgd-t (`perturb attacks` lists them); default pgd,
+    /// or the one --attack-spec names.
+    #[arg(long, conflicts_with = "suite")]
     pub attack: Option<String>,
+    /// Run an ensemble instead: each attack on the samples the ones before left robust, the
+    /// per-sample worst case. `fast` (apgd, apgd-t) or a comma-separated list of attacks.
+    #[arg(long)]
+    pub suite: Option<String>,
     /// Radius of the budget, a number or a fraction such as 8/255 (or the spec file's eps).
     #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
     pub eps: Option<f32>,
@@ -145,10 +149,33 @@ pub struct Chosen {
 }
 
 impl Chosen {
-    /// The attack for inputs of shape `input`, checked by the registry.
+    /// The attack (or suite) for inputs of shape `input`, checked by the registry.
     pub fn build(&self, input: [usize; 3]) -> Result<Box<dyn FixedBudget>> {
-        self.spec
-            .build(self.attack.as_deref(), self.eps, input, Scope::One)
+        match &self.suite {
+            Some(suite) => self.spec.build_suite(suite, self.eps, input),
+            None => self
+                .spec
+                .build(self.attack.as_deref(), self.eps, input, Scope::One),
+        }
+    }
+}
+
+/// The attacks of a suite: `fast` (AutoAttack's cheap version) or a list of registry names.
+pub fn suite_attacks(suite: &str) -> Result<(String, Vec<String>)> {
+    match suite.trim() {
+        "fast" => Ok(("fast".into(), vec!["apgd".into(), "apgd-t".into()])),
+        "standard" => bail!(
+            "--suite standard: AutoAttack's standard version also runs FAB-T and Square, which \
+             perturb does not have yet; --suite fast runs its APGD-CE and APGD-T, or list \
+             attacks (--suite apgd,apgd-t,pgd)"
+        ),
+        list => {
+            let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
+            if names.iter().any(String::is_empty) {
+                bail!("--suite {list:?}: expected fast or a comma-separated list of attacks");
+            }
+            Ok(("ensemble".into(), names))
+        }
     }
 }
 
@@ -188,9 +215,13 @@ pub struct AttackArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Comma-separated attacks: fgsm, bim, pgd (`perturb attacks` lists them).
+    /// Comma-separated attacks: fgsm, bim, pgd, apgd, apgd-t (`perturb attacks` lists them).
     #[arg(long, default_value = "fgsm,pgd")]
     pub attacks: String,
+    /// Also sweep an ensemble: `fast` (apgd, apgd-t) or a comma-separated list of attacks, each
+    /// run on the samples the ones before left robust.
+    #[arg(long)]
+    pub suite: Option<String>,
     /// Comma-separated radii (numbers or fractions such as 8/255); 0 is the clean point.
     /// Default by --norm: linf 0,0.05,…,0.3; l2 0,0.5,…,3; l1 0,2,…,12 (MNIST-sized budgets).
     #[arg(long, allow_negative_numbers = true)]
@@ -371,6 +402,22 @@ impl Spec {
             }
         }
         Ok(registry.build(&spec)?)
+    }
+
+    /// The ensemble `suite` at radius `eps`, each stage built as [`Spec::build`] builds an
+    /// attack of `eval --attacks` (flags apply to the stages that take them).
+    pub fn build_suite(
+        &self,
+        suite: &str,
+        eps: Option<f32>,
+        input: [usize; 3],
+    ) -> Result<Box<dyn FixedBudget>> {
+        let (name, attacks) = suite_attacks(suite)?;
+        let stages = attacks
+            .iter()
+            .map(|a| self.build(Some(a), eps, input, Scope::Many))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(Ensemble::new(name, stages)?))
     }
 
     /// The `--param KEY=VALUE` pairs, values read as JSON where they parse.

@@ -231,6 +231,15 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
             .class_name(c as usize)
             .map(|n| n.to_string()))
     );
+    for (s, stage) in run.report.stages.iter().enumerate() {
+        out!(
+            "  stage {} {}: fooled {}, robust {:.2} % after it",
+            s + 1,
+            stage.attack,
+            stage.fooled,
+            100.0 * stage.robust_accuracy
+        );
+    }
     let arch = loaded.model.arch();
     let name = |c: u32| arch.class_name(c as usize).unwrap_or_default();
     let o = &run.outcome;
@@ -328,34 +337,50 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
     if eps.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
         bail!("--eps: every value must be finite and >= 0");
     }
-    let names: Vec<&str> = e.attacks.split(',').map(str::trim).collect();
-    // every --param must belong to some attack of the list
+    let suite = e.suite.as_deref().map(args::suite_attacks).transpose()?;
+    let mut names: Vec<&str> = e.attacks.split(',').map(str::trim).collect();
+    // every --param must belong to some attack of the list or the suite
+    let mut takers_of_params = names.clone();
+    if let Some((_, stages)) = &suite {
+        takers_of_params.extend(stages.iter().map(String::as_str));
+    }
     let registry = Registry::builtin();
     for (key, _) in e.spec.param_values()? {
-        let mut takers = names.iter().filter_map(|n| registry.get(n).ok());
+        let mut takers = takers_of_params.iter().filter_map(|n| registry.get(n).ok());
         if !takers.any(|entry| entry.takes(&key)) {
             bail!(
                 "--param {key}: none of the attacks {} takes it",
-                names.join(", ")
+                takers_of_params.join(", ")
             );
         }
+    }
+    if e.attacks.trim().is_empty() {
+        names.clear();
     }
     // Build every (attack, ε) once up front so that a bad value (an ε out of range for the
     // norm) fails before any compute; the sweep then sets each ε on the first positive one.
     let positive: Vec<f32> = eps.iter().copied().filter(|v| *v > 0.0).collect();
+    for &v in &positive {
+        if let Some(suite) = &e.suite {
+            e.spec.build_suite(suite, Some(v), input)?;
+        }
+    }
     for name in &names {
         for &v in &positive {
             e.spec.build(Some(name), Some(v), input, Scope::Many)?;
         }
     }
     let reference = positive.first().copied().unwrap_or(0.1);
-    let attacks: Vec<Box<dyn FixedBudget>> = names
+    let mut attacks: Vec<Box<dyn FixedBudget>> = names
         .iter()
         .map(|name| {
             e.spec
                 .build(Some(name), Some(reference), input, Scope::Many)
         })
         .collect::<Result<_>>()?;
+    if let Some(suite) = &e.suite {
+        attacks.push(e.spec.build_suite(suite, Some(reference), input)?);
+    }
     let refs: Vec<&dyn FixedBudget> = attacks.iter().map(|a| a.as_ref()).collect();
     let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
     out!(
