@@ -1,8 +1,9 @@
 //! # perturb
 //!
 //! Adversarial attacks on image classifiers built with [candle](https://docs.rs/candle-core):
-//! FGSM, BIM and PGD under L∞, L2 and L1 budgets, universal patches, robustness reports and a
-//! CI gate, with losses, projections and input gradients checked against independent oracles.
+//! FGSM, BIM, PGD and Auto-PGD under L∞, L2 and L1 budgets, ensembles of them, universal
+//! patches, robustness reports and a CI gate, with losses, projections and input gradients
+//! checked against independent oracles.
 //!
 //! Every `candle_core::Module` is a [`Classifier`]; inputs are `[N, C, H, W]` `f32` pixels in
 //! `[0, 1]` (normalization belongs to the model: see [`Normalized`]).
@@ -28,8 +29,9 @@
 //! ```
 //!
 //! ## Where to start
-//! - **Attack a batch**: build an attack ([`Pgd`], [`Fgsm`], or any by name through
-//!   [`attack::Registry`]) and call [`Attack::run`] with a [`Goal`].
+//! - **Attack a batch**: build an attack ([`Pgd`], [`Fgsm`], [`attack::Apgd`], or any by name
+//!   through [`attack::Registry`]) and call [`Attack::run`] with a [`Goal`];
+//!   [`attack::Ensemble`] runs several as a per-sample worst case.
 //! - **Evaluate a model on a data set**: [`eval::Evaluator`] (robust accuracy, ε sweeps,
 //!   masking warnings) and [`eval::assert_robust`] for test suites; [`export`] writes the
 //!   results (JSON, CSV, PNG).
