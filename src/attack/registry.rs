@@ -130,7 +130,7 @@ impl AttackSpec {
 /// use perturb::attack::{Kind, Registry};
 /// let registry = Registry::builtin();
 /// let names: Vec<&str> = registry.entries().iter().map(|e| e.name).collect();
-/// assert_eq!(names, ["fgsm", "bim", "pgd"]);
+/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t"]);
 /// assert_eq!(registry.get("pgd")?.kind, Kind::FixedBudget);
 /// assert!(registry.get("pgd")?.takes("restarts"));
 /// # Ok::<(), perturb::Error>(())
