@@ -24,6 +24,7 @@ mod patch;
 pub(crate) mod pgd;
 mod registry;
 mod rows;
+mod square;
 pub(crate) mod traits;
 
 pub use apgd::Apgd;
@@ -37,7 +38,9 @@ pub use patch::{
     PatchShape, PatchTrainer, PatchTraining, Placement, Region, Transforms,
 };
 use pgd::Pgd;
-pub use registry::{typed, AttackSpec, Entry, Kind, Registry};
+pub use registry::{typed, AttackSpec, Entry, Kind, Registry, ALL_NORMS};
+pub use square::Square;
+pub(crate) use square::SquareParams;
 use traits::{Adversarial, Attack};
 pub use traits::{FixedBudget, MinimumNorm, Threat};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::pgd::PgdParams;
-use super::{Apgd, ApgdParams, Fgsm, FixedBudget, Pgd};
+use super::{Apgd, ApgdParams, Fgsm, FixedBudget, Pgd, Square, SquareParams};
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
 
@@ -33,12 +33,17 @@ pub struct Entry {
     pub kind: Kind,
     /// One line for help texts.
     pub summary: &'static str,
+    /// The norms its budget may have ([`ALL_NORMS`] for most attacks).
+    pub norms: &'static [Norm],
     /// Every parameter with its default, as a JSON object: a spec may set exactly these keys.
     pub defaults: fn() -> Value,
     /// The attack within `budget` with the given parameters (the defaults with the spec's
     /// values merged in), checked.
     pub build: fn(Budget, Value) -> Result<Box<dyn FixedBudget>>,
 }
+
+/// Every norm: the [`Entry::norms`] of an attack that takes any budget.
+pub const ALL_NORMS: &[Norm] = &[Norm::Linf, Norm::L2, Norm::L1];
 
 impl Entry {
     /// Whether the attack takes the parameter `key`.
@@ -130,7 +135,7 @@ impl AttackSpec {
 /// use perturb::attack::{Kind, Registry};
 /// let registry = Registry::builtin();
 /// let names: Vec<&str> = registry.entries().iter().map(|e| e.name).collect();
-/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t"]);
+/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t", "square"]);
 /// assert_eq!(registry.get("pgd")?.kind, Kind::FixedBudget);
 /// assert!(registry.get("pgd")?.takes("restarts"));
 /// # Ok::<(), perturb::Error>(())
@@ -149,6 +154,7 @@ impl Registry {
                     name: "fgsm",
                     kind: Kind::FixedBudget,
                     summary: "one step of size eps along the gradient's steepest-ascent direction (Goodfellow et al. 2015)",
+                    norms: ALL_NORMS,
                     defaults: fgsm_defaults,
                     build: build_fgsm,
                 },
@@ -156,6 +162,7 @@ impl Registry {
                     name: "bim",
                     kind: Kind::FixedBudget,
                     summary: "iterated projected steps from the clean input (Kurakin et al. 2017)",
+                    norms: ALL_NORMS,
                     defaults: || pgd_defaults(false),
                     build: |b, p| build_pgd("bim", b, p),
                 },
@@ -163,6 +170,7 @@ impl Registry {
                     name: "pgd",
                     kind: Kind::FixedBudget,
                     summary: "projected gradient descent from a random start, with restarts (Madry et al. 2018)",
+                    norms: ALL_NORMS,
                     defaults: || pgd_defaults(true),
                     build: |b, p| build_pgd("pgd", b, p),
                 },
@@ -170,6 +178,7 @@ impl Registry {
                     name: "apgd",
                     kind: Kind::FixedBudget,
                     summary: "Auto-PGD: step size adapted per sample, momentum, no step size to tune (Croce & Hein 2020)",
+                    norms: ALL_NORMS,
                     defaults: || apgd_defaults(ApgdParams::default()),
                     build: |b, p| build_apgd("apgd", b, p),
                 },
@@ -177,8 +186,17 @@ impl Registry {
                     name: "apgd-t",
                     kind: Kind::FixedBudget,
                     summary: "targeted Auto-PGD on the DLR loss toward the top-ranked other classes (Croce & Hein 2020)",
+                    norms: ALL_NORMS,
                     defaults: || apgd_defaults(ApgdParams::targeted()),
                     build: |b, p| build_apgd("apgd-t", b, p),
+                },
+                Entry {
+                    name: "square",
+                    kind: Kind::FixedBudget,
+                    summary: "score-based random search over squares, forward passes only (Andriushchenko et al. 2020)",
+                    norms: &[Norm::Linf, Norm::L2],
+                    defaults: || serde_json::to_value(SquareParams::default()).unwrap_or_default(),
+                    build: build_square,
                 },
             ],
         }
@@ -235,6 +253,13 @@ impl Registry {
             attack: spec.attack.clone(),
             reason: "no eps given".into(),
         })?;
+        if !entry.norms.contains(&spec.norm) {
+            let names: Vec<String> = entry.norms.iter().map(Norm::to_string).collect();
+            return Err(Error::AttackSpec {
+                attack: spec.attack.clone(),
+                reason: format!("no {} budget: it supports {}", spec.norm, names.join(", ")),
+            });
+        }
         let budget = Budget::new(spec.norm, eps)?;
         let mut params = (entry.defaults)();
         let Some(known) = params.as_object_mut() else {
@@ -316,6 +341,11 @@ fn build_apgd(name: &'static str, budget: Budget, params: Value) -> Result<Box<d
         });
     }
     Ok(Box::new(Apgd::with_params(budget, params).build()?))
+}
+
+fn build_square(budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {
+    let params: SquareParams = typed("square", params)?;
+    Ok(Box::new(Square::with_params(budget, params).build()?))
 }
 
 fn build_pgd(name: &'static str, budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {

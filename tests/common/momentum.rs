@@ -1,7 +1,9 @@
 //! A momentum PGD (MI-FGSM, Dong et al. 2018, arXiv:1710.06081) written outside the crate with
 //! its public pieces only; the registry, spec files and tests/registry.rs take it as built-in.
 use candle_core::Tensor;
-use perturb::attack::{typed, Batch, CleanLogits, Entry, FixedBudget, GradientCheckMode, Kind};
+use perturb::attack::{
+    typed, Batch, CleanLogits, Entry, FixedBudget, GradientCheckMode, Kind, ALL_NORMS,
+};
 use perturb::{attack::Threat, Adversarial, Attack, Budget, Classifier, Error, Goal, Loss};
 /// Parameters (defaults): `steps` 10, `decay` μ = 1; the step is α = ε/steps.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -74,6 +76,7 @@ pub const ENTRY: Entry = Entry {
     name: "mi-fgsm",
     kind: Kind::FixedBudget,
     summary: "momentum iterative FGSM (Dong et al. 2018), defined in a test crate",
+    norms: ALL_NORMS,
     defaults: || serde_json::to_value(Params::default()).unwrap_or_default(),
     build: |budget, p| Ok(Box::new(MomentumPgd::new(budget, typed("mi-fgsm", p)?)?)),
 };
