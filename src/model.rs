@@ -221,6 +221,36 @@ pub(crate) fn goal_logits(
     Ok(logits)
 }
 
+/// `z_plus − z_minus` per sample (`u32` classes `[N]` each) and its input gradient, for attacks
+/// that follow one decision boundary (FAB); `loss` of the result holds the difference.
+pub(crate) fn difference_and_grad(
+    model: &dyn Classifier,
+    x: &Tensor,
+    plus: &ResolvedGoal,
+    minus: &Tensor,
+) -> Result<LossGrad> {
+    let var = Var::from_tensor(x)?;
+    let logits = goal_logits(model, var.as_tensor(), plus)?;
+    let difference =
+        (crate::ops::pick(&logits, plus.tensor())? - crate::ops::pick(&logits, minus)?)?;
+    let grads = difference.sum_all()?.backward().map_err(|e| {
+        if is_missing_backward(&e) {
+            Error::GradientMissing
+        } else {
+            Error::Candle(e)
+        }
+    })?;
+    let grad = grads
+        .get(var.as_tensor())
+        .ok_or(Error::GradientMissing)?
+        .clone();
+    Ok(LossGrad {
+        loss: difference.detach(),
+        grad,
+        logits: logits.detach(),
+    })
+}
+
 /// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.
 fn backward_to_input(
     var: &Var,

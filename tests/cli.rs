@@ -1451,11 +1451,12 @@ mod suite {
     }
 
     #[test]
-    fn standard_and_bad_suites_are_one_line_errors() {
-        for (suite, needle) in [
-            ("standard", "FAB-T and Square"),
-            ("fgsm,,pgd", "comma-separated"),
-            ("fgsm,nope", "nope"),
+    fn bad_suites_are_one_line_errors() {
+        for (suite, norm, needle) in [
+            // FAB-T and Square take L∞ and L2 budgets only
+            ("standard", "l1", "no l1 budget"),
+            ("fgsm,,pgd", "linf", "comma-separated"),
+            ("fgsm,nope", "linf", "nope"),
         ] {
             let out = perturb(&[
                 "gate",
@@ -1463,6 +1464,8 @@ mod suite {
                 "mnist-linear",
                 "--eps",
                 "0.1",
+                "--norm",
+                norm,
                 "--suite",
                 suite,
                 "--min-robust-accuracy",

@@ -119,6 +119,12 @@ fn stages_share_one_budget_and_move_together() -> perturb::Result<()> {
         Err(Error::InvalidParameter { name: "stages", .. })
     ));
     assert!(Ensemble::new("none", Vec::new()).is_err());
+    let standard = Ensemble::standard(Budget::l2(1.0)?)?;
+    assert_eq!(
+        standard.stage_names(),
+        ["apgd", "apgd-t", "fab-t", "square"]
+    );
+    assert!(Ensemble::standard(Budget::l1(5.0)?).is_err());
     let fast = Ensemble::fast(Budget::linf(0.3)?)?;
     assert_eq!(fast.stage_names(), ["apgd", "apgd-t"]);
     let smaller = fast.at_eps(0.1)?;

@@ -537,37 +537,53 @@ impl RunState {
     }
 }
 
-/// One targeted goal per target rank: rank r (1-based) is the class with the r-th highest
-/// clean logit once the label is left out; at most `classes − 1` ranks.
+/// One targeted goal per target rank of [`ranked_targets`].
 fn target_goals(
     clean: &Tensor,
     labels: &ResolvedGoal,
     targets: usize,
 ) -> Result<Vec<ResolvedGoal>> {
+    let n = clean.dim(0)?;
+    let dev = clean.device();
+    ranked_targets(clean, labels.classes(), targets)?
+        .iter()
+        .map(|t| {
+            let goal =
+                Goal::targeted_with_labels(&Tensor::new(t.as_slice(), dev)?, labels.tensor());
+            goal.resolve(n, dev)
+        })
+        .collect()
+}
+
+/// The target classes of targeted runs (APGD-T, FAB-T): for rank r (0-based) the class with the
+/// (r + 1)-th highest clean logit once the label is left out, per sample; at most `classes − 1`
+/// ranks.
+pub(super) fn ranked_targets(
+    clean: &Tensor,
+    labels: &[u32],
+    targets: usize,
+) -> Result<Vec<Vec<u32>>> {
     let (n, k) = clean.dims2()?;
     let order: Vec<Vec<u32>> = clean
         .to_dtype(DType::F32)?
         .arg_sort_last_dim(false)?
         .to_vec2::<u32>()?;
-    let dev = clean.device();
     let ranks = targets.min(k.saturating_sub(1));
-    let mut goals = Vec::with_capacity(ranks);
-    for r in 0..ranks {
-        let t: Vec<u32> = (0..n)
-            .map(|i| {
-                let y = labels.classes()[i];
-                order[i]
-                    .iter()
-                    .copied()
-                    .filter(|&c| c != y)
-                    .nth(r)
-                    .unwrap_or(y)
-            })
-            .collect();
-        let goal = Goal::targeted_with_labels(&Tensor::new(t.as_slice(), dev)?, labels.tensor());
-        goals.push(goal.resolve(n, dev)?);
-    }
-    Ok(goals)
+    Ok((0..ranks)
+        .map(|r| {
+            (0..n)
+                .map(|i| {
+                    let y = labels[i];
+                    order[i]
+                        .iter()
+                        .copied()
+                        .filter(|&c| c != y)
+                        .nth(r)
+                        .unwrap_or(y)
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// A loss vector `[N]` on the host.

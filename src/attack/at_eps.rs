@@ -83,6 +83,9 @@ impl<M: MinimumNorm + Clone + 'static> Attack for AtEps<M> {
         shape[0] = within.len();
         let mask = Tensor::from_vec(within, shape, x.device())?.broadcast_as(x.shape())?;
         let x_adv = mask.where_cond(&found.x_adv.to_dtype(DType::F32)?, x)?;
+        // a norm rounded to f32 may hide a distance a hair above ε: the projection makes the
+        // kept points exact (it moves them by rounding at most)
+        let x_adv = self.budget.project(&x_adv, x)?;
         let batch = Batch::prepare(
             model,
             x,

@@ -166,6 +166,24 @@ impl Batch {
         Ok(lg)
     }
 
+    /// `z_plus − z_minus` per sample and its input gradient at `x_cur` (rows of this batch;
+    /// `plus` a goal of those rows, `minus` `u32` classes `[M]`), counted as gradient passes: the
+    /// objective of attacks that follow one decision boundary, such as FAB.
+    ///
+    /// # Errors
+    /// As [`loss_and_grad`](crate::loss_and_grad).
+    pub fn logit_difference_and_grad(
+        &mut self,
+        model: &dyn Classifier,
+        x_cur: &Tensor,
+        plus: &ResolvedGoal,
+        minus: &Tensor,
+    ) -> Result<LossGrad> {
+        let lg = crate::model::difference_and_grad(model, x_cur, plus, minus)?;
+        self.gradient_evals += x_cur.dim(0)?;
+        Ok(lg)
+    }
+
     /// The model's logits on `x_cur` (rows of this batch with their `goal`), checked and counted
     /// as forward-only passes.
     ///

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use super::rows::{scatter_rows, take_rows};
-use super::{Adversarial, Apgd, Attack, FixedBudget, Threat};
+use super::{Adversarial, Apgd, AtEps, Attack, Fab, FixedBudget, Square, Threat};
 use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::goal::Goal;
@@ -14,8 +14,8 @@ use crate::model::Classifier;
 /// and each sample keeps the first adversarial point found. Robust accuracy is therefore the
 /// per-sample worst case over the stages, at the cost of running each stage on fewer samples.
 ///
-/// - **Stages**: any attacks sharing one budget (norm, ε and box); [`Ensemble::fast`] is APGD-CE
-///   then APGD-T (9 targets), both 100 steps.
+/// - **Stages**: any attacks sharing one budget (norm, ε and box); [`Ensemble::standard`] is
+///   AutoAttack's (APGD-CE, APGD-T, FAB-T, Square), [`Ensemble::fast`] its first two.
 /// - **Result**: per sample the fooling stage's point, prediction and distance, or for a sample
 ///   no stage fooled the last stage's; [`Adversarial::fooled_by`] names the stage per sample, and
 ///   the [`Evaluator`](crate::eval::Evaluator) turns it into the report's per-stage table.
@@ -90,6 +90,23 @@ impl Ensemble {
             vec![
                 Box::new(Apgd::new(budget).build()?),
                 Box::new(Apgd::targeted(budget).build()?),
+            ],
+        )
+    }
+
+    /// AutoAttack's standard version (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T
+    /// (9 targets) and Square (5,000 queries), with their default parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for an L1 budget (FAB-T and Square take L∞ and L2).
+    pub fn standard(budget: Budget) -> Result<Self> {
+        Self::new(
+            "standard",
+            vec![
+                Box::new(Apgd::new(budget).build()?),
+                Box::new(Apgd::targeted(budget).build()?),
+                Box::new(AtEps::new(Fab::new(budget.norm()).build()?, budget)),
+                Box::new(Square::new(budget).build()?),
             ],
         )
     }

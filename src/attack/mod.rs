@@ -19,6 +19,7 @@ mod apgd;
 mod at_eps;
 mod batch;
 mod ensemble;
+mod fab;
 pub(crate) mod fgsm;
 mod patch;
 pub(crate) mod pgd;
@@ -32,6 +33,8 @@ pub(crate) use apgd::ApgdParams;
 pub use at_eps::AtEps;
 pub use batch::{Batch, CleanLogits, GradientCheckMode};
 pub use ensemble::Ensemble;
+pub use fab::Fab;
+pub(crate) use fab::FabParams;
 use fgsm::Fgsm;
 pub use patch::{
     apply_patch, random_placement, Patch, PatchApplication, PatchEvaluation, PatchOptimizer,

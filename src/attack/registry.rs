@@ -9,7 +9,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::pgd::PgdParams;
-use super::{Apgd, ApgdParams, Fgsm, FixedBudget, Pgd, Square, SquareParams};
+use super::{
+    Apgd, ApgdParams, AtEps, Fab, FabParams, Fgsm, FixedBudget, Pgd, Square, SquareParams,
+};
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
 
@@ -135,7 +137,7 @@ impl AttackSpec {
 /// use perturb::attack::{Kind, Registry};
 /// let registry = Registry::builtin();
 /// let names: Vec<&str> = registry.entries().iter().map(|e| e.name).collect();
-/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t", "square"]);
+/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t", "fab-t", "square"]);
 /// assert_eq!(registry.get("pgd")?.kind, Kind::FixedBudget);
 /// assert!(registry.get("pgd")?.takes("restarts"));
 /// # Ok::<(), perturb::Error>(())
@@ -189,6 +191,14 @@ impl Registry {
                     norms: ALL_NORMS,
                     defaults: || apgd_defaults(ApgdParams::targeted()),
                     build: |b, p| build_apgd("apgd-t", b, p),
+                },
+                Entry {
+                    name: "fab-t",
+                    kind: Kind::MinimumNorm,
+                    summary: "targeted fast adaptive boundary attack, the closest point it finds judged at eps (Croce & Hein 2020)",
+                    norms: &[Norm::Linf, Norm::L2],
+                    defaults: || serde_json::to_value(FabParams::default()).unwrap_or_default(),
+                    build: build_fab,
                 },
                 Entry {
                     name: "square",
@@ -341,6 +351,12 @@ fn build_apgd(name: &'static str, budget: Budget, params: Value) -> Result<Box<d
         });
     }
     Ok(Box::new(Apgd::with_params(budget, params).build()?))
+}
+
+fn build_fab(budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {
+    let params: FabParams = typed("fab-t", params)?;
+    let fab = Fab::with_params(budget.norm(), params).build()?;
+    Ok(Box::new(AtEps::new(fab, budget)))
 }
 
 fn build_square(budget: Budget, params: Value) -> Result<Box<dyn FixedBudget>> {

@@ -133,12 +133,14 @@ pub struct Spec {
 /// One attack, its radius and its parameters: what `attack` and `gate` run.
 #[derive(Args, Debug)]
 pub struct Chosen {
-    /// The attack: fgsm, bim, pgd, apgd or apgd-t (`perturb attacks` lists them); default pgd,
+    /// The attack: fgsm, bim, pgd, apgd, apgd-t, fab-t or square (`perturb attacks` lists them);
+    /// default pgd,
     /// or the one --attack-spec names.
     #[arg(long, conflicts_with = "suite")]
     pub attack: Option<String>,
     /// Run an ensemble instead: each attack on the samples the ones before left robust, the
-    /// per-sample worst case. `fast` (apgd, apgd-t) or a comma-separated list of attacks.
+    /// per-sample worst case. `standard` (apgd, apgd-t, fab-t, square: AutoAttack's), `fast`
+    /// (apgd, apgd-t) or a comma-separated list of attacks.
     #[arg(long)]
     pub suite: Option<String>,
     /// Radius of the budget, a number or a fraction such as 8/255 (or the spec file's eps).
@@ -160,15 +162,17 @@ impl Chosen {
     }
 }
 
-/// The attacks of a suite: `fast` (AutoAttack's cheap version) or a list of registry names.
+/// The attacks of a suite: `standard` (AutoAttack's), `fast` (its APGD half) or a list of
+/// registry names.
 pub fn suite_attacks(suite: &str) -> Result<(String, Vec<String>)> {
     match suite.trim() {
         "fast" => Ok(("fast".into(), vec!["apgd".into(), "apgd-t".into()])),
-        "standard" => bail!(
-            "--suite standard: AutoAttack's standard version also runs FAB-T and Square, which \
-             perturb does not have yet; --suite fast runs its APGD-CE and APGD-T, or list \
-             attacks (--suite apgd,apgd-t,pgd)"
-        ),
+        "standard" => Ok((
+            "standard".into(),
+            ["apgd", "apgd-t", "fab-t", "square"]
+                .map(String::from)
+                .to_vec(),
+        )),
         list => {
             let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
             if names.iter().any(String::is_empty) {
@@ -218,8 +222,8 @@ pub struct EvalArgs {
     /// Comma-separated attacks: fgsm, bim, pgd, apgd, apgd-t (`perturb attacks` lists them).
     #[arg(long, default_value = "fgsm,pgd")]
     pub attacks: String,
-    /// Also sweep an ensemble: `fast` (apgd, apgd-t) or a comma-separated list of attacks, each
-    /// run on the samples the ones before left robust.
+    /// Also sweep an ensemble: `standard` (apgd, apgd-t, fab-t, square), `fast` (apgd, apgd-t)
+    /// or a comma-separated list of attacks, each run on the samples the ones before left robust.
     #[arg(long)]
     pub suite: Option<String>,
     /// Comma-separated radii (numbers or fractions such as 8/255); 0 is the clean point.
