@@ -353,6 +353,11 @@ impl<'a> Evaluator<'a> {
             warnings: Vec::new(),
             stages: stage_reports(attack, &stage_fooled, robust_correct, n),
         };
+        let mut report = report;
+        if attack.is_some() {
+            report.warnings = self.model_checks()?;
+        }
+        report.warnings.extend(stage_warnings(&report));
         Ok(Evaluation {
             report,
             outcome: out,
@@ -365,6 +370,65 @@ impl<'a> Evaluator<'a> {
             f(Progress { label, done, total });
         }
     }
+}
+
+impl Evaluator<'_> {
+    /// Checks of the model itself, as AutoAttack flags them, on up to 16 of the images: two
+    /// identical calls must give the same logits (a randomized model needs EOT, not one
+    /// evaluation), and outputs must be logits, not probabilities (rows of non-negative values
+    /// summing to 1, on which margins and DLR mean something else).
+    fn model_checks(&self) -> Result<Vec<String>> {
+        let n = self.labels.len().min(16);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = self.images.narrow(0, 0, n)?;
+        let first =
+            crate::model::checked_logits(self.model, &x)?.to_dtype(candle_core::DType::F32)?;
+        let second =
+            crate::model::checked_logits(self.model, &x)?.to_dtype(candle_core::DType::F32)?;
+        let mut out = Vec::new();
+        let (a, b) = (first.to_vec2::<f32>()?, second.to_vec2::<f32>()?);
+        if a != b {
+            out.push(
+                "the model's outputs differ between two identical calls: a randomized model needs \
+                 an evaluation with expectation over its randomness (EOT), not a single run"
+                    .to_string(),
+            );
+        }
+        let probabilities = a.iter().all(|row| {
+            row.iter().all(|v| *v >= 0.0)
+                && (row.iter().map(|v| f64::from(*v)).sum::<f64>() - 1.0).abs() < 1e-4
+        });
+        if probabilities {
+            out.push(
+                "the model's outputs look like probabilities (non-negative rows summing to 1), \
+                 not logits: losses and margins assume logits; remove the final softmax"
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Warnings from an ensemble's stages: a gradient-free stage (Square) fooling samples that the
+/// gradient attacks before it left robust means the model's gradients mislead them.
+fn stage_warnings(report: &Report) -> Vec<String> {
+    let gradient_before = |s: usize| report.stages[..s].iter().any(|st| st.attack != "square");
+    report
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(s, st)| st.attack == "square" && st.fooled > 0 && gradient_before(*s))
+        .map(|(_, st)| {
+            format!(
+                "square, which uses no gradient, fooled {} samples the gradient attacks before \
+                 it could not: the model's gradients are misleading (masked or obfuscated), so \
+                 no gradient-attack figure alone should be quoted",
+                st.fooled
+            )
+        })
+        .collect()
 }
 
 /// The per-stage table of an ensemble run: names from the attack's `stages` parameter, robust

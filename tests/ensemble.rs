@@ -135,3 +135,82 @@ fn stages_share_one_budget_and_move_together() -> perturb::Result<()> {
     }
     Ok(())
 }
+
+mod checks {
+    use super::*;
+    use perturb::attack::Square;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A model whose input gradient is zero (its logits come through `detach`) while its
+    /// decisions depend on the input: the gradient attack cannot move, Square can.
+    fn masked() -> impl Fn(&Tensor) -> candle_core::Result<Tensor> {
+        let model = LinearModel::random(5, 4, 16);
+        move |x: &Tensor| {
+            let z = candle_core::Module::forward(&model, &x.detach())?;
+            let s = x.flatten_from(1)?.sum_keepdim(1)?;
+            let zero = s.sub(&s)?; // on the graph, with a zero gradient
+            z.broadcast_add(&zero)
+        }
+    }
+
+    #[test]
+    fn square_beating_the_gradient_attacks_is_a_warning() -> perturb::Result<()> {
+        let (_, x, y) = fixture(40);
+        let model = masked();
+        let b = Budget::linf(0.1)?;
+        let suite = Ensemble::new(
+            "ensemble",
+            vec![
+                Box::new(Pgd::new(b).random_start(false).check_gradient(false)),
+                Box::new(Square::new(b).queries(200)),
+            ],
+        )?;
+        let run = Evaluator::new(&model, &x, &y)?.run(&suite, None)?;
+        let r = &run.report;
+        assert_eq!(r.stages[0].fooled, 0, "zero gradients move nothing");
+        assert!(r.stages[1].fooled > 0);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("gradients are misleading")),
+            "{:?}",
+            r.warnings
+        );
+        // an honest model with the same suite: no such warning
+        let (honest, x, y) = fixture(40);
+        let run = Evaluator::new(&honest, &x, &y)?.run(&Ensemble::new("e", stages(0.05))?, None)?;
+        assert!(run.report.warnings.is_empty(), "{:?}", run.report.warnings);
+        Ok(())
+    }
+
+    #[test]
+    fn probabilities_and_randomized_outputs_are_warnings() -> perturb::Result<()> {
+        let (model, x, y) = fixture(20);
+        let softmax =
+            |t: &Tensor| candle_nn::ops::softmax(&candle_core::Module::forward(&model, t)?, 1);
+        let run = Evaluator::new(&softmax, &x, &y)?.run(&Fgsm::new(Budget::linf(0.05)?), None)?;
+        assert!(
+            run.report
+                .warnings
+                .iter()
+                .any(|w| w.contains("probabilities")),
+            "{:?}",
+            run.report.warnings
+        );
+        let calls = AtomicU32::new(0);
+        let noisy = |t: &Tensor| {
+            let k = calls.fetch_add(1, Ordering::Relaxed) as f64;
+            candle_core::Module::forward(&model, t)?.affine(1.0, 1e-3 * k)
+        };
+        let run = Evaluator::new(&noisy, &x, &y)?.run(&Fgsm::new(Budget::linf(0.05)?), None)?;
+        assert!(
+            run.report
+                .warnings
+                .iter()
+                .any(|w| w.contains("differ between two identical calls")),
+            "{:?}",
+            run.report.warnings
+        );
+        Ok(())
+    }
+}

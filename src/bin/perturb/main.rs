@@ -231,6 +231,9 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
             .class_name(c as usize)
             .map(|n| n.to_string()))
     );
+    for w in &run.report.warnings {
+        eprintln!("warning: {w}");
+    }
     for (s, stage) in run.report.stages.iter().enumerate() {
         out!(
             "  stage {} {}: fooled {}, robust {:.2} % after it",
@@ -436,6 +439,9 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
         export::write_json(r, path).context("writing the gate's report")?;
     }
     let held = r.meets(g.min_robust_accuracy)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     out!(
         "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {}{})",
         if held { "PASS" } else { "FAIL" },
