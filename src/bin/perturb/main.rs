@@ -136,7 +136,14 @@ fn models() -> Result<ExitCode> {
 /// Every registered attack with its kind, summary and parameters' defaults.
 fn attacks() -> Result<ExitCode> {
     for e in Registry::builtin().entries() {
-        out!("{:<6} {:?}: {}", e.name, e.kind, e.summary);
+        let norms: Vec<String> = e.norms.iter().map(|n| n.to_string()).collect();
+        out!(
+            "{:<7} {:?} ({}): {}",
+            e.name,
+            e.kind,
+            norms.join(", "),
+            e.summary
+        );
         if let Some(params) = (e.defaults)().as_object() {
             for (key, value) in params {
                 out!("         --param {key}={value}");
