@@ -233,22 +233,7 @@ pub(crate) fn difference_and_grad(
     let logits = goal_logits(model, var.as_tensor(), plus)?;
     let difference =
         (crate::ops::pick(&logits, plus.tensor())? - crate::ops::pick(&logits, minus)?)?;
-    let grads = difference.sum_all()?.backward().map_err(|e| {
-        if is_missing_backward(&e) {
-            Error::GradientMissing
-        } else {
-            Error::Candle(e)
-        }
-    })?;
-    let grad = grads
-        .get(var.as_tensor())
-        .ok_or(Error::GradientMissing)?
-        .clone();
-    Ok(LossGrad {
-        loss: difference.detach(),
-        grad,
-        logits: logits.detach(),
-    })
+    differentiate(&var, logits, difference)
 }
 
 /// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.
@@ -259,6 +244,12 @@ fn backward_to_input(
     loss: Loss,
 ) -> Result<LossGrad> {
     let objective = loss.objective(&logits, &goal.tensor, goal.targeted)?;
+    differentiate(var, logits, objective)
+}
+
+/// The per-sample `objective` (computed from `var` through `logits`) with its gradient with
+/// respect to `var`; a path without backward is [`Error::GradientMissing`].
+fn differentiate(var: &Var, logits: Tensor, objective: Tensor) -> Result<LossGrad> {
     let grads = objective.sum_all()?.backward().map_err(|e| {
         if is_missing_backward(&e) {
             Error::GradientMissing
