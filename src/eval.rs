@@ -106,6 +106,7 @@ pub struct Evaluator<'a> {
     images: &'a Tensor,
     labels: Vec<u32>,
     model_name: String,
+    model_sha256: Option<String>,
     data_name: String,
     batch_size: usize,
     attacked: Attacked,
@@ -150,6 +151,7 @@ impl<'a> Evaluator<'a> {
             images,
             labels,
             model_name: "model".into(),
+            model_sha256: None,
             data_name: format!("data[0..{n}]"),
             batch_size: DEFAULT_BATCH_SIZE,
             attacked: Attacked::default(),
@@ -161,6 +163,13 @@ impl<'a> Evaluator<'a> {
     /// Name of the model in reports (default `model`).
     pub fn model_name(mut self, name: impl Into<String>) -> Self {
         self.model_name = name.into();
+        self
+    }
+
+    /// sha256 (hex) of the model's weights in reports (default none; a zoo model knows its own:
+    /// [`ZooModel::sha256`](crate::zoo::ZooModel::sha256)).
+    pub fn model_sha256(mut self, hex: impl Into<String>) -> Self {
+        self.model_sha256 = Some(hex.into());
         self
     }
 
@@ -336,6 +345,7 @@ impl<'a> Evaluator<'a> {
             schema_version: SCHEMA_VERSION,
             perturb_version: env!("CARGO_PKG_VERSION").to_string(),
             model: self.model_name.clone(),
+            model_sha256: self.model_sha256.clone(),
             data: self.data_name.clone(),
             attack: info,
             seed,

@@ -126,6 +126,11 @@ pub struct Report {
     pub perturb_version: String,
     /// Model name (a shipped name or a weights path).
     pub model: String,
+    /// sha256 (hex) of the model's weights file, where known: with `clean_accuracy`,
+    /// `robust_accuracy`, `attack` (norm, ε), `samples` and `seed`, what a leaderboard entry
+    /// (RobustBench) is compared on. Optional within schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     /// Data set and slice, e.g. `mnist-test[0..1000]`.
     pub data: String,
     /// The attack and all its parameters.
@@ -304,6 +309,7 @@ pub struct Sweep {
 /// use perturb::Norm;
 /// let report = |eps: f32, acc: f64| Report {
 ///     schema_version: SCHEMA_VERSION, perturb_version: "0".into(), model: "m".into(),
+///     model_sha256: None,
 ///     data: "d".into(), seed: 0, samples: 100, clean_correct: 99,
 ///     robust_correct: (acc * 100.0) as usize, successes: 0, clean_accuracy: 0.99,
 ///     robust_accuracy: acc, attack_success_rate: 0.0, perturbation: NormStats::default(),

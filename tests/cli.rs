@@ -1384,6 +1384,9 @@ mod suite {
         assert_eq!(stages[0]["robust_correct"], fgsm["robust_correct"]);
         assert_eq!(stages[1]["robust_correct"], suite["robust_correct"]);
         assert_eq!(suite["attack"]["name"], "ensemble");
+        // the exact weights the figure is about
+        let pinned = perturb::zoo::pinned_sha256("mnist-linear.safetensors").unwrap();
+        assert_eq!(suite["model_sha256"], pinned);
         // a threshold between the two: FGSM passes it, the suite does not
         let between = (robust(&suite) + robust(&fgsm)) as f64 / 2.0 / 200.0;
         let between = format!("{between}");

@@ -185,6 +185,7 @@ mod warnings {
             schema_version: SCHEMA_VERSION,
             perturb_version: "test".into(),
             model: "m".into(),
+            model_sha256: None,
             data: "d".into(),
             attack: AttackInfo {
                 name: name.into(),

@@ -173,7 +173,11 @@ impl Arch {
                 EfficientNetLite0::from_tensors(tensors).ok_or_else(missing)?,
             )),
         };
-        Ok(ZooModel { arch: *self, net })
+        Ok(ZooModel {
+            arch: *self,
+            net,
+            sha256: None,
+        })
     }
 }
 
@@ -190,12 +194,19 @@ enum Net {
 pub struct ZooModel {
     arch: Arch,
     net: Net,
+    sha256: Option<String>,
 }
 
 impl ZooModel {
     /// The architecture.
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// The sha256 (hex) of the weights file the model was loaded from; `None` for a model
+    /// built from tensors in memory. Reports carry it, so that a figure names the exact weights.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
 
     /// Error unless `x` is a batch this model reads: `[N, ..arch.input_shape()]`.
@@ -340,8 +351,8 @@ pub fn load_file(
     device: &Device,
 ) -> Result<ZooModel> {
     let bytes = read_weights(path)?;
+    let got = sha256_hex(&bytes);
     if let Some(expected) = expected_sha256 {
-        let got = sha256_hex(&bytes);
         if !got.eq_ignore_ascii_case(expected.trim()) {
             return Err(Error::Checksum {
                 file: path.to_path_buf(),
@@ -355,7 +366,9 @@ pub fn load_file(
             file: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    arch.build(&tensors, path)
+    let mut model = arch.build(&tensors, path)?;
+    model.sha256 = Some(got);
+    Ok(model)
 }
 
 /// Largest weights file read (4 GiB): far above any zoo architecture's, far below a mistake

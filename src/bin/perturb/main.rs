@@ -192,10 +192,13 @@ fn summary(r: &Report, class_name: impl Fn(u32) -> Option<String>) -> String {
 }
 
 fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
-    let eval = Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
+    let mut eval = Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
         .model_name(loaded.model_name.clone())
         .data_name(loaded.data_name.clone())
         .batch_size(loaded.batch_size);
+    if let Some(hex) = loaded.model.sha256() {
+        eval = eval.model_sha256(hex);
+    }
     if !progress {
         return Ok(eval);
     }
