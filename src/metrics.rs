@@ -294,7 +294,12 @@ pub struct Sweep {
     pub warnings: Vec<String>,
 }
 
+/// Robust accuracy by which an ensemble may fall below PGD at the same ε before
+/// [`masking_warnings`] says PGD's figure overestimates robustness (AutoAttack's 5 points).
+pub const ENSEMBLE_GAP: f64 = 0.05;
+
 /// Sanity checks for gradient masking on a set of reports (Carlini et al. 2019, §5):
+/// - an ensemble ([`Report::stages`]) more than [`ENSEMBLE_GAP`] below PGD at the same ε;
 /// - robust accuracy that rises as ε grows, for one attack (more than one sample's worth);
 /// - a multi-step attack (parameter `steps` > 1, such as PGD) weaker than a one-step attack
 ///   (`steps` = 1, such as FGSM) at the same ε and norm;
@@ -367,6 +372,31 @@ pub fn masking_warnings(reports: &[Report], max_class_share: f64) -> Vec<String>
                     "{} ({norm}) at eps {eps} leaves robust accuracy {:.4}, above {}'s {:.4}: a \
                      multi-step attack weaker than one step suggests gradient masking or a poor step size",
                     multi.attack.name, multi.robust_accuracy, single.attack.name, single.robust_accuracy
+                ));
+            }
+        }
+    }
+    // an ensemble far below PGD: PGD's figure must not be quoted
+    for &(ens, norm, eps) in &budgeted {
+        if ens.stages.is_empty() || eps == 0.0 {
+            continue;
+        }
+        for &(pgd, _, _) in budgeted.iter().filter(|(r, n, e)| {
+            r.attack.name == "pgd"
+                && *n == norm
+                && *e == eps
+                && r.attack.target == ens.attack.target
+        }) {
+            let gap = pgd.robust_accuracy - ens.robust_accuracy;
+            if gap > ENSEMBLE_GAP {
+                out.push(format!(
+                    "{} ({norm}) at eps {eps} leaves robust accuracy {:.4}, {:.1} points below \
+                     pgd's {:.4}: PGD overestimates this model's robustness (misleading gradients \
+                     or a poor step size); quote the ensemble's figure",
+                    ens.attack.name,
+                    ens.robust_accuracy,
+                    100.0 * gap,
+                    pgd.robust_accuracy
                 ));
             }
         }

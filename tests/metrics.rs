@@ -242,6 +242,28 @@ mod warnings {
         assert!(w[0].contains("weaker than one step"), "{w:?}");
     }
 
+    /// An ensemble more than 5 points below PGD at the same ε: PGD's figure must not be quoted.
+    #[test]
+    fn ensemble_far_below_pgd() {
+        let ensemble = |robust: usize| {
+            let mut r = report("standard", 0.1, robust);
+            r.stages = vec![perturb::metrics::StageReport {
+                attack: "apgd".into(),
+                fooled: 99 - robust,
+                robust_correct: robust,
+                robust_accuracy: robust as f64 / 100.0,
+            }];
+            r
+        };
+        let w = masking_warnings(&[report("pgd", 0.1, 50), ensemble(40)], 0.12);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("PGD overestimates"), "{w:?}");
+        // 4 points: within AutoAttack's tolerance
+        assert!(masking_warnings(&[report("pgd", 0.1, 50), ensemble(46)], 0.12).is_empty());
+        // another ε does not compare
+        assert!(masking_warnings(&[report("pgd", 0.2, 50), ensemble(40)], 0.12).is_empty());
+    }
+
     #[test]
     fn accuracy_left_at_half_the_box() {
         let w = masking_warnings(&[report("pgd", 0.5, 30)], 0.12);
