@@ -410,6 +410,31 @@ impl Evaluator<'_> {
             row.iter().all(|v| *v >= 0.0)
                 && (row.iter().map(|v| f64::from(*v)).sum::<f64>() - 1.0).abs() < 1e-4
         });
+        // zero input gradients of cross-entropy on the first samples: a flat loss
+        // there (a saturated softmax, or gradients masked on purpose); a model without backward
+        // is the black-box attacks' business and is not flagged here
+        let labels = Tensor::new(&self.labels[..n], x.device())?;
+        if let Ok(lg) = crate::model::loss_and_grad(
+            self.model,
+            &x,
+            &Goal::untargeted(&labels),
+            crate::loss::Loss::CrossEntropy,
+        ) {
+            let g = lg
+                .grad
+                .flatten_from(1)?
+                .abs()?
+                .max(1)?
+                .to_dtype(candle_core::DType::F32)?;
+            let zero = g.to_vec1::<f32>()?.iter().filter(|v| **v == 0.0).count();
+            if zero > 0 {
+                out.push(format!(
+                    "cross-entropy's input gradient is exactly zero on {zero} of the first {n} \
+                     samples: gradient attacks cannot move them (a saturated softmax or masked \
+                     gradients); prefer the DLR or CW losses, or a suite with Square"
+                ));
+            }
+        }
         if probabilities {
             out.push(
                 "the model's outputs look like probabilities (non-negative rows summing to 1), \

@@ -168,6 +168,11 @@ mod checks {
         let run = Evaluator::new(&model, &x, &y)?.run(&suite, None)?;
         let r = &run.report;
         assert_eq!(r.stages[0].fooled, 0, "zero gradients move nothing");
+        assert!(
+            r.warnings.iter().any(|w| w.contains("exactly zero")),
+            "{:?}",
+            r.warnings
+        );
         assert!(r.stages[1].fooled > 0);
         assert!(
             r.warnings
