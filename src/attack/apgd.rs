@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
-use super::batch::{check_positive, Batch, CleanLogits};
+use super::batch::{check_count, check_fraction, Batch, CleanLogits};
 use super::rows::{scatter_rows, select_rows, take_rows};
 use super::{Adversarial, Attack, FixedBudget, Threat, DEFAULT_L1_SPARSITY};
 use crate::budget::{check_sparsity, Budget};
@@ -238,25 +238,10 @@ impl Apgd {
 
     fn check(&self) -> Result<()> {
         let p = &self.params;
-        for (name, value) in [("steps", p.steps), ("restarts", p.restarts)] {
-            if value == 0 {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: "0".into(),
-                    reason: "must be at least 1",
-                });
-            }
-        }
-        for (name, value) in [("rho", p.rho), ("momentum", p.momentum)] {
-            check_positive(name, value)?;
-            if value > 1.0 {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: value.to_string(),
-                    reason: "must lie in (0, 1]",
-                });
-            }
-        }
+        check_count("steps", p.steps)?;
+        check_count("restarts", p.restarts)?;
+        check_fraction("rho", p.rho)?;
+        check_fraction("momentum", p.momentum)?;
         check_sparsity(p.l1_sparsity)?;
         p.loss.check()
     }

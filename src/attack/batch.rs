@@ -276,6 +276,32 @@ impl Batch {
     }
 }
 
+/// Error unless the count `value` (steps, restarts, queries, …) is at least 1.
+pub(crate) fn check_count(name: &'static str, value: usize) -> Result<()> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason: "must be at least 1",
+        })
+    }
+}
+
+/// Error unless the fraction `value` lies in `(0, 1]`.
+pub(crate) fn check_fraction(name: &'static str, value: f32) -> Result<()> {
+    if value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason: "must lie in (0, 1]",
+        })
+    }
+}
+
 /// Error unless `value` is positive and finite.
 pub(crate) fn check_positive(name: &'static str, value: f32) -> Result<()> {
     if value.is_finite() && value > 0.0 {

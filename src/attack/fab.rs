@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use super::apgd::ranked_targets;
-use super::batch::{Batch, CleanLogits};
+use super::batch::{check_count, check_fraction, Batch, CleanLogits};
 use super::rows::{scatter_rows, take_rows};
 use super::{Adversarial, MinimumNorm};
 use crate::budget::{Budget, Norm};
@@ -133,17 +133,10 @@ impl Fab {
                 reason,
             })
         };
-        if p.steps == 0 {
-            return bad("steps", "0".into(), "must be at least 1");
-        }
-        if p.targets == 0 {
-            return bad("targets", "0".into(), "must be at least 1");
-        }
-        for (name, v) in [("alpha_max", p.alpha_max), ("beta", p.beta)] {
-            if !(v > 0.0 && v <= 1.0) {
-                return bad(name, v.to_string(), "must lie in (0, 1]");
-            }
-        }
+        check_count("steps", p.steps)?;
+        check_count("targets", p.targets)?;
+        check_fraction("alpha_max", p.alpha_max)?;
+        check_fraction("beta", p.beta)?;
         if !(p.eta.is_finite() && p.eta >= 1.0) {
             return bad(
                 "eta",

@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::batch::{Batch, CleanLogits, GradientCheckMode};
+use super::batch::{check_count, check_fraction, Batch, CleanLogits, GradientCheckMode};
 use super::{Adversarial, Attack, FixedBudget, Threat};
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
@@ -110,20 +110,8 @@ impl Square {
 
     fn check(&self) -> Result<()> {
         let p = &self.params;
-        if p.queries == 0 {
-            return Err(Error::InvalidParameter {
-                name: "queries",
-                value: "0".into(),
-                reason: "must be at least 1",
-            });
-        }
-        if !(p.p_init > 0.0 && p.p_init <= 1.0) {
-            return Err(Error::InvalidParameter {
-                name: "p_init",
-                value: p.p_init.to_string(),
-                reason: "must lie in (0, 1]",
-            });
-        }
+        check_count("queries", p.queries)?;
+        check_fraction("p_init", p.p_init)?;
         if self.budget.norm() == Norm::L1 {
             return Err(Error::InvalidParameter {
                 name: "norm",

@@ -6,6 +6,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::warp::{Region, Transforms};
 use super::{check_images, paste, Patch, PatchShape, Placement};
+use crate::attack::batch::check_count;
 use crate::error::{Error, Result};
 use crate::loss::Loss;
 use crate::model::{checked_logits, predictions, Classifier};
@@ -202,12 +203,8 @@ impl PatchTrainer {
                 reason,
             })
         };
-        if self.steps == 0 {
-            return bad("steps", "0".into(), "must be at least 1");
-        }
-        if self.batch_size == 0 {
-            return bad("batch_size", "0".into(), "must be at least 1");
-        }
+        check_count("steps", self.steps)?;
+        check_count("batch_size", self.batch_size)?;
         let (PatchOptimizer::Adam { lr } | PatchOptimizer::Sign { lr }) = self.optimizer;
         if !(lr.is_finite() && lr > 0.0) {
             return bad("lr", lr.to_string(), "must be positive and finite");

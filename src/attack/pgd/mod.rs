@@ -3,10 +3,10 @@
 
 mod run;
 
-use super::batch::check_positive;
+use super::batch::{check_count, check_positive};
 use super::{FixedBudget, DEFAULT_L1_SPARSITY};
 use crate::budget::{check_sparsity, Budget};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loss::Loss;
 
 /// Projected Gradient Descent (Madry et al. 2018, arXiv:1706.06083); without random start it is
@@ -257,15 +257,8 @@ impl Pgd {
 
     fn check(&self) -> Result<()> {
         let p = &self.params;
-        for (name, value) in [("steps", p.steps), ("restarts", p.restarts)] {
-            if value == 0 {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: "0".into(),
-                    reason: "must be at least 1",
-                });
-            }
-        }
+        check_count("steps", p.steps)?;
+        check_count("restarts", p.restarts)?;
         check_positive("step_size", self.alpha())?;
         check_sparsity(p.l1_sparsity)?;
         p.loss.check()
