@@ -113,6 +113,9 @@ pub struct Evaluator<'a> {
     progress: Option<ProgressFn<'a>>,
     /// Clean predictions, computed once and shared by every run and sweep point.
     clean: std::cell::OnceCell<Vec<u32>>,
+    /// Warnings about the model itself ([`Evaluator::model_checks`]), computed once: a sweep
+    /// runs many attacks on the same model and data.
+    model_warnings: std::cell::OnceCell<Vec<String>>,
 }
 
 /// One attack over a data set: the report, the per-sample outcome and the adversarial inputs.
@@ -157,6 +160,7 @@ impl<'a> Evaluator<'a> {
             attacked: Attacked::default(),
             progress: None,
             clean: std::cell::OnceCell::new(),
+            model_warnings: std::cell::OnceCell::new(),
         })
     }
 
@@ -365,7 +369,7 @@ impl<'a> Evaluator<'a> {
         };
         let mut report = report;
         if attack.is_some() {
-            report.warnings = self.model_checks()?;
+            report.warnings = self.model_warnings()?.to_vec();
         }
         report.warnings.extend(stage_warnings(&report));
         Ok(Evaluation {
@@ -387,6 +391,15 @@ impl Evaluator<'_> {
     /// identical calls must give the same logits (a randomized model needs EOT, not one
     /// evaluation), and outputs must be logits, not probabilities (rows of non-negative values
     /// summing to 1, on which margins and DLR mean something else).
+    /// [`Evaluator::model_checks`], computed on first use.
+    fn model_warnings(&self) -> Result<&[String]> {
+        if let Some(w) = self.model_warnings.get() {
+            return Ok(w);
+        }
+        let w = self.model_checks()?;
+        Ok(self.model_warnings.get_or_init(|| w))
+    }
+
     fn model_checks(&self) -> Result<Vec<String>> {
         let n = self.labels.len().min(16);
         if n == 0 {
