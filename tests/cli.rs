@@ -1501,11 +1501,13 @@ mod suite_on_the_robust_model {
     use super::*;
 
     /// Issue 20, acceptance 6: on `mnist-cnn-robust` at ε = 0.3 the standard suite finds the
-    /// model weaker than PGD-40 does, so a gate between the two figures passes PGD-40 and fails
-    /// the suite (exit 1); the per-stage table names all four attacks.
+    /// model weaker than PGD-40 does, so a gate half a digit below the PGD-40 figure passes
+    /// PGD-40 and fails the suite (exit 1); the suite's per-stage table names all four attacks.
+    /// The suite runs once: its report, written by the failing gate, gives its figure.
     #[test]
     #[ignore = "minutes: the standard suite on 100 digits of the robust model"]
     fn gate_between_pgd40_and_the_standard_suite() {
+        const N: f64 = 100.0;
         let run = |extra: &[&str], json: &str| -> (Output, serde_json::Value) {
             let path = tmp(json);
             let p = path.to_str().unwrap().to_string();
@@ -1529,14 +1531,17 @@ mod suite_on_the_robust_model {
             &[&pgd40[..], &["--min-robust-accuracy", "0"]].concat(),
             "r-pgd.json",
         );
-        let (_, suite) = run(
-            &["--suite", "standard", "--min-robust-accuracy", "0"],
-            "r-std.json",
+        let p = pgd["robust_accuracy"].as_f64().unwrap();
+        let between = format!("{}", p - 0.5 / N);
+        let (held, _) = run(
+            &[&pgd40[..], &["--min-robust-accuracy", &between]].concat(),
+            "r-pass.json",
         );
-        let (p, s) = (
-            pgd["robust_accuracy"].as_f64().unwrap(),
-            suite["robust_accuracy"].as_f64().unwrap(),
+        let (failed, suite) = run(
+            &["--suite", "standard", "--min-robust-accuracy", &between],
+            "r-fail.json",
         );
+        let s = suite["robust_accuracy"].as_f64().unwrap();
         assert!(s < p, "standard {s} vs PGD-40 {p}");
         let names: Vec<&str> = suite["stages"]
             .as_array()
@@ -1545,15 +1550,6 @@ mod suite_on_the_robust_model {
             .map(|st| st["attack"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["apgd", "apgd-t", "fab-t", "square"]);
-        let between = format!("{}", (p + s) / 2.0);
-        let (held, _) = run(
-            &[&pgd40[..], &["--min-robust-accuracy", &between]].concat(),
-            "r-pass.json",
-        );
-        let (failed, _) = run(
-            &["--suite", "standard", "--min-robust-accuracy", &between],
-            "r-fail.json",
-        );
         assert_eq!(
             (held.status.code(), failed.status.code()),
             (Some(0), Some(1))
