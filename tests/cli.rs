@@ -1507,7 +1507,8 @@ mod suite_on_the_robust_model {
     #[test]
     #[ignore = "minutes: the standard suite on 100 digits of the robust model"]
     fn gate_between_pgd40_and_the_standard_suite() {
-        const N: f64 = 100.0;
+        const N: usize = 100;
+        let n = N.to_string();
         let run = |extra: &[&str], json: &str| -> (Output, serde_json::Value) {
             let path = tmp(json);
             let p = path.to_str().unwrap().to_string();
@@ -1518,7 +1519,7 @@ mod suite_on_the_robust_model {
                 "--eps",
                 "0.3",
                 "--n",
-                "100",
+                &n,
             ];
             args.extend(extra);
             args.extend(["--json", &p, "--quiet"]);
@@ -1532,7 +1533,7 @@ mod suite_on_the_robust_model {
             "r-pgd.json",
         );
         let p = pgd["robust_accuracy"].as_f64().unwrap();
-        let between = format!("{}", p - 0.5 / N);
+        let between = format!("{}", p - 0.5 / N as f64);
         let (held, _) = run(
             &[&pgd40[..], &["--min-robust-accuracy", &between]].concat(),
             "r-pass.json",
