@@ -91,9 +91,9 @@ def perturb_side(x, y):
         t = time.perf_counter()
         subprocess.run(
             [BINARY, "attack", "--model", MODEL, "--suite", "standard", "--eps", str(EPS),
-             "--n", str(N), "--batch", str(BATCH), "--quiet", "--json", report,
+             "--n", str(N), "--batch-size", str(BATCH), "--quiet", "--json", report,
              "--save-adversarials", adv],
-            check=True, env=env, cwd=peer.ROOT,
+            check=True, env=env, cwd=peer.ROOT, stdout=sys.stderr,
         )
         seconds = time.perf_counter() - t
         r = json.load(open(report))
