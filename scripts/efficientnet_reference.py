@@ -12,7 +12,7 @@ here, where PyTorch is needed anyway for the reference logits.
 Writes models/efficientnet-lite0.safetensors (every float tensor under its PyTorch name, f32;
 the integer num_batches_tracked counters dropped) and tests/data/efficientnet_lite0_reference.json:
 for each photo in assets/images, the logits of the PyTorch model on its central 224x224 crop
-(no resizing), pixels scaled to [-1, 1]. tests/imagenet.rs compares the candle model against them.
+(no resizing), pixels scaled to [-1, 1]. tests/integration/imagenet.rs compares the candle model against them.
 """
 
 import hashlib

@@ -60,7 +60,7 @@
 //! [`attack::Batch::finish`] judges and measures the end point — then add an
 //! [`attack::Entry`] to [`attack::Registry::builtin`] (or [`attack::Registry::register`] for an
 //! attack that lives in your own crate). The CLI (`--attack`, `--param`, `--attack-spec`),
-//! reports and the shared invariant tests (`tests/registry.rs`) read the registry.
+//! reports and the shared invariant tests (`tests/integration/registry.rs`) read the registry.
 //!
 //! ## Features
 //! `cli` (default) builds the `perturb` binary and the PNG output; `default-features = false`

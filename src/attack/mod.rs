@@ -12,7 +12,7 @@
 //!    [`Batch`] and [`Budget`](crate::Budget): `Batch::prepare` → steps with
 //!    `Batch::loss_and_grad` and `Budget::step` → `Batch::finish`.
 //! 3. One [`Entry`] in [`Registry::builtin`]: the CLI, reports and the shared invariant tests
-//!    (`tests/registry.rs`) pick it up.
+//!    (`tests/integration/registry.rs`) pick it up.
 //! 4. Its own oracle test and a criterion bench.
 
 mod apgd;

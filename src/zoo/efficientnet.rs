@@ -341,7 +341,7 @@ mod tests {
     /// candle's own ops and autograd), each on the same input: the fast stage's input at a photo.
     /// Values and input gradients of a fixed linear functional agree to 1e-5 of their largest
     /// entry. (End to end the two paths round differently, so deep in the network a few
-    /// activations within rounding of a ReLU6 kink take different sides: tests/imagenet.rs.)
+    /// activations within rounding of a ReLU6 kink take different sides: tests/integration/imagenet.rs.)
     #[test]
     fn every_stage_has_stock_values_and_gradients_to_1e_5() -> candle_core::Result<()> {
         use crate::data::{load_photo, sample_photo, Fit, SAMPLE_PHOTOS};

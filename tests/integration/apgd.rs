@@ -3,7 +3,7 @@
 //! of the paper computed in floating point, the targeted DLR formula on hand-computed logits,
 //! and early stopping that changes the cost but not the verdicts.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{host, pixels, LinearModel};

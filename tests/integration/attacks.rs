@@ -1,7 +1,7 @@
 //! Attacks against analytic truths: FGSM's closed form, PGD reaching the optimum of a linear
 //! margin, exact early stopping and gradient accounting, restarts that never hurt.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{host, pixels, LinearModel};

@@ -1496,7 +1496,7 @@ mod suite {
     }
 }
 
-/// Minutes, not seconds: run with `cargo test --release --test cli -- --ignored`.
+/// Minutes, not seconds: run with `cargo test --release --test integration -- --ignored cli::`.
 mod suite_on_the_robust_model {
     use super::*;
 

@@ -1,7 +1,7 @@
 //! Same seed, same result: repeated runs are bitwise equal, thread counts do not change the
 //! outcome, and different seeds give different random starts.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -139,7 +139,7 @@ fn run_child(threads: usize) -> Vec<Vec<String>> {
     let exe = std::env::current_exe().expect("test binary path");
     let status = Command::new(exe)
         .args([
-            "child_writes_adversarials",
+            "determinism::child_writes_adversarials",
             "--exact",
             "--ignored",
             "--test-threads",

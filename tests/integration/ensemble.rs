@@ -2,7 +2,7 @@
 //! stage fools it, by the first such stage, with that stage's point; the evaluator's per-stage
 //! table adds up to the report's figures.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{host, pixels, LinearModel};

@@ -3,7 +3,7 @@
 //! the way; FAB-T must find it (it returns a point just across). Also: the hyperplane steps, the
 //! fixed-ε verdicts through the registry, and typed errors.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{host, LinearModel};

@@ -1,7 +1,7 @@
 //! The constant-weight layers (`perturb::layers::Conv2d`, `Linear`, `DepthwiseConv2d`): values
 //! and input gradients equal stock candle's, on random layers and on every shipped model.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -197,7 +197,7 @@ fn shipped_models_have_stock_gradients_to_1e_5() {
         images.narrow(0, 0, 16).unwrap(),
         labels.narrow(0, 0, 16).unwrap(),
     );
-    // EfficientNet-Lite0: tests/imagenet.rs
+    // EfficientNet-Lite0: tests/integration/imagenet.rs
     for s in zoo::SHIPPED.iter().filter(|s| s.arch.is_mnist()) {
         let path = zoo::models_dir().join(s.file);
         let fast = zoo::load(s.name, &dev).unwrap();

@@ -1,7 +1,7 @@
 //! The gradient self-check: passes on models with correct gradients, flags candle's known faults
 //! (max-pool backward, fused kernels without backward).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};

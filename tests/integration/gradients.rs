@@ -1,7 +1,7 @@
 //! Input gradients against independent truths: closed forms for softmax regression, and central
 //! finite differences in f64 for a conv net with stride, padding, batch norm, ReLU and max-pool.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use common::{host, pixels, LinearModel, SmallCnn};

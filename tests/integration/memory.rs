@@ -48,7 +48,12 @@ fn child_runs_pgd() {
 fn child_peak(steps: usize, tuned: bool) -> u64 {
     let mut child = Command::new(std::env::current_exe().unwrap());
     child
-        .args(["child_runs_pgd", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "memory::child_runs_pgd",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("PERTURB_MEMORY_STEPS", steps.to_string());
     if tuned {
         child.env("PERTURB_MEMORY_TUNED", "1");

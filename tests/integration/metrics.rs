@@ -2,7 +2,7 @@
 //! round trip of the versioned schema, monotone PGD curves on the shipped models, the
 //! gradient-masking warnings, and the library assertion for model pipelines.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use perturb::data::Mnist;

@@ -102,7 +102,7 @@ mod cards {
 #[test]
 fn every_shipped_model_passes_the_gradient_check() -> perturb::Result<()> {
     let data = mnist();
-    // (EfficientNet-Lite0's check runs on a photo in tests/imagenet.rs)
+    // (EfficientNet-Lite0's check runs on a photo in tests/integration/imagenet.rs)
     for s in SHIPPED.iter().filter(|s| s.arch.is_mnist()) {
         let model = zoo::load(s.name, &Device::Cpu)?;
         for start in (0..2000).step_by(100) {

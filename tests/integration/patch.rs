@@ -1,7 +1,7 @@
 //! Adversarial patches: exact pasting, gradients that reach only the patch, a closed-form
 //! optimum, exact rotations, determinism and typed errors.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use perturb::attack::{

@@ -3,7 +3,7 @@
 //! honest success and evaluation counts, determinism, reproducibility from the report's
 //! parameters, typed errors for bad input and bad specs.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Module, Tensor};
 use perturb::attack::{AttackSpec, FixedBudget, Registry};

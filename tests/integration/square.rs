@@ -2,7 +2,7 @@
 //! every gradient attack refuses), it counts its queries exactly, it stays in its budget (exact
 //! f64 recount) for both norms, and it is deterministic per seed.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};

@@ -1,5 +1,5 @@
 //! A momentum PGD (MI-FGSM, Dong et al. 2018, arXiv:1710.06081) written outside the crate with
-//! its public pieces only; the registry, spec files and tests/registry.rs take it as built-in.
+//! its public pieces only; the registry, spec files and tests/integration/registry.rs take it as built-in.
 use candle_core::Tensor;
 use perturb::attack::{
     typed, Batch, CleanLogits, Entry, FixedBudget, GradientCheckMode, Kind, ALL_NORMS,

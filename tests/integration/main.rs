@@ -1,0 +1,30 @@
+//! Every integration test in one crate: one link of candle instead of one per file, and one
+//! process whose test threads stay busy until the last test ends. Each module is one former
+//! `tests/<name>.rs`; run one with `cargo test --test integration <name>::`.
+
+mod common;
+
+mod apgd;
+mod attacks;
+mod budgets;
+// The binary's tests need it built: the `cli` feature (on by default).
+#[cfg(feature = "cli")]
+mod cli;
+mod data;
+mod determinism;
+mod ensemble;
+mod errors;
+mod fab;
+mod fast_layers;
+mod gradcheck;
+mod gradients;
+#[cfg(feature = "cli")]
+mod home;
+mod imagenet;
+mod memory;
+mod metrics;
+mod models;
+mod patch;
+mod properties;
+mod registry;
+mod square;
