@@ -104,7 +104,7 @@ def perturb_side(x, y):
     robust = (saved["clean_predictions"].long() == labels) & (saved["adversarial_predictions"].long() == labels)
     stages = [{"attack": s["attack"], "robust": s["robust_correct"]} for s in r.get("stages", [])]
     return {
-        "clean": round(r["clean_accuracy"] * N),
+        "clean": r["clean_correct"],
         "robust": int(robust.sum()),
         "seconds": seconds,
         "stages": stages,
