@@ -244,6 +244,13 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A baseline report cannot be compared with this run: another attack, ε, seed, target,
+    /// parameter or sample range, or no per-sample outcomes.
+    #[error("baseline not comparable: {reason}")]
+    BaselineMismatch {
+        /// What differs.
+        reason: String,
+    },
     /// A model's robust accuracy fell below the required minimum ([`assert_robust`]).
     ///
     /// [`assert_robust`]: crate::eval::assert_robust

@@ -9,7 +9,10 @@ use candle_core::Tensor;
 use crate::data::batches;
 use crate::error::{Error, Result};
 use crate::goal::{class_indices, Goal};
-use crate::metrics::{ratio, AttackInfo, NormStats, Outcome, Report, StageReport, SCHEMA_VERSION};
+use crate::metrics::{
+    ratio, AttackInfo, IntervalSpec, NormStats, Outcome, PerSample, Report, StageReport,
+    SCHEMA_VERSION,
+};
 use crate::model::{checked_logits, predictions, Classifier};
 use crate::Attack;
 
@@ -110,6 +113,8 @@ pub struct Evaluator<'a> {
     data_name: String,
     batch_size: usize,
     attacked: Attacked,
+    sample_indices: Option<Vec<usize>>,
+    intervals: IntervalSpec,
     progress: Option<ProgressFn<'a>>,
     /// Clean predictions, computed once and shared by every run and sweep point.
     clean: std::cell::OnceCell<Vec<u32>>,
@@ -158,6 +163,8 @@ impl<'a> Evaluator<'a> {
             data_name: format!("data[0..{n}]"),
             batch_size: DEFAULT_BATCH_SIZE,
             attacked: Attacked::default(),
+            sample_indices: None,
+            intervals: IntervalSpec::default(),
             progress: None,
             clean: std::cell::OnceCell::new(),
             model_warnings: std::cell::OnceCell::new(),
@@ -192,6 +199,19 @@ impl<'a> Evaluator<'a> {
     /// Which samples are attacked (default [`Attacked::CorrectlyClassified`]).
     pub fn attacked(mut self, attacked: Attacked) -> Self {
         self.attacked = attacked;
+        self
+    }
+
+    /// Each sample's position in its data set, recorded in the reports' per-sample outcomes
+    /// ([`PerSample::index`]); default `0..N`. A list of another length is an error at run time.
+    pub fn sample_indices(mut self, indices: Vec<usize>) -> Self {
+        self.sample_indices = Some(indices);
+        self
+    }
+
+    /// How the reports' confidence intervals are computed (default Wilson at 95 %).
+    pub fn intervals(mut self, spec: IntervalSpec) -> Self {
+        self.intervals = spec;
         self
     }
 
@@ -366,8 +386,16 @@ impl<'a> Evaluator<'a> {
             wall_time_s: start.elapsed().as_secs_f64(),
             warnings: Vec::new(),
             stages: stage_reports(attack, &stage_fooled, robust_correct, n),
+            intervals: None,
+            per_sample: None,
         };
         let mut report = report;
+        let indices = match &self.sample_indices {
+            Some(v) => std::borrow::Cow::Borrowed(v.as_slice()),
+            None => std::borrow::Cow::Owned((0..n).collect::<Vec<_>>()),
+        };
+        report.per_sample = Some(PerSample::of(&out, &indices)?);
+        report.set_intervals(self.intervals);
         if attack.is_some() {
             report.warnings = self.model_warnings()?.to_vec();
         }
@@ -508,6 +536,7 @@ fn stage_reports(
                 fooled: count(s),
                 robust_correct: robust,
                 robust_accuracy: ratio(robust, samples),
+                robust_interval: None,
             }
         })
         .collect()

@@ -15,10 +15,12 @@ use crate::error::{Error, Result};
 use crate::metrics::Report;
 
 mod atomic;
+mod ci;
 #[cfg(feature = "plot")]
 mod plot;
 
 pub(crate) use atomic::write_atomic;
+pub use ci::{junit, markdown, write_junit, write_markdown};
 #[cfg(feature = "plot")]
 pub use plot::{grid_size, image_grid, plot_curve, plot_lines, GridRow, Line, CURVE_SIZE};
 
@@ -39,10 +41,45 @@ pub fn write_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     write_atomic(path, (text + "\n").as_bytes())
 }
 
+/// Read a [`Report`] written by [`write_json`] (`perturb attack --json`, `gate --json`): the
+/// baseline of a gate.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Data`] when it is not a report of a
+/// schema version this build reads (an `eval` sweep is named as such).
+pub fn read_report(path: &Path) -> Result<Report> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let data = |reason: String| Error::Data {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| data(format!("not JSON: {e}")))?;
+    if value.get("reports").is_some() {
+        return Err(data(
+            "an eval sweep, not a report: give the JSON of `perturb attack` or `perturb gate`"
+                .into(),
+        ));
+    }
+    let version = value.get("schema_version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(crate::metrics::SCHEMA_VERSION)) {
+        return Err(data(format!(
+            "schema_version {} where this build reads {}",
+            version.map_or("missing".into(), |v| v.to_string()),
+            crate::metrics::SCHEMA_VERSION
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| data(format!("not a perturb report: {e}")))
+}
+
 /// Header of [`to_csv`].
 pub const CSV_HEADER: &str = "model,data,attack,norm,eps,target,seed,samples,clean_correct,\
 robust_correct,successes,clean_accuracy,robust_accuracy,attack_success_rate,norm_mean,\
-norm_median,norm_max,gradient_evals,wall_time_s";
+norm_median,norm_max,gradient_evals,wall_time_s,robust_accuracy_lower,robust_accuracy_upper,\
+interval";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -82,6 +119,15 @@ pub fn to_csv(reports: &[Report]) -> String {
             r.perturbation.max.to_string(),
             r.gradient_evals.to_string(),
             format!("{:.3}", r.wall_time_s),
+            r.intervals
+                .map(|i| i.robust_accuracy.lower.to_string())
+                .unwrap_or_default(),
+            r.intervals
+                .map(|i| i.robust_accuracy.upper.to_string())
+                .unwrap_or_default(),
+            r.intervals
+                .map(|i| format!("{} {}", i.confidence, i.method))
+                .unwrap_or_default(),
         ];
         out.push_str(&row.join(","));
         out.push('\n');

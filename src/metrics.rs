@@ -18,6 +18,16 @@ use serde::{Deserialize, Serialize};
 use crate::budget::Norm;
 use crate::error::{Error, Result};
 
+mod gate;
+mod interval;
+mod masking;
+mod per_sample;
+
+pub use gate::{BaselineCheck, GateOutcome, ThresholdCheck, Verdict};
+pub use interval::{Interval, IntervalMethod, IntervalSpec};
+pub use masking::{masking_warnings, ENSEMBLE_GAP};
+pub use per_sample::PerSample;
+
 /// Version of the JSON schema of [`Report`] and [`Sweep`]. Version 1 is described field by field
 /// on the structs of this module.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -167,6 +177,28 @@ pub struct Report {
     /// (empty) for a single attack. Optional within schema 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageReport>,
+    /// Confidence intervals of the accuracies and the success rate ([`Report::set_intervals`]).
+    /// Optional within schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<ReportIntervals>,
+    /// Per-sample outcomes, what a comparison with a baseline reads. Optional within schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample: Option<PerSample>,
+}
+
+/// The confidence intervals of a [`Report`]'s proportions, with the method that computed them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReportIntervals {
+    /// `wilson` or `clopper-pearson`.
+    pub method: IntervalMethod,
+    /// Confidence level, e.g. 0.95.
+    pub confidence: f64,
+    /// Of `clean_correct / samples`.
+    pub clean_accuracy: Interval,
+    /// Of `robust_correct / samples`.
+    pub robust_accuracy: Interval,
+    /// Of `successes / clean_correct`.
+    pub attack_success_rate: Interval,
 }
 
 /// One stage of an ensemble in a [`Report`]: the samples it fooled (among those correct when
@@ -181,9 +213,43 @@ pub struct StageReport {
     pub robust_correct: usize,
     /// `robust_correct / samples`.
     pub robust_accuracy: f64,
+    /// Confidence interval of `robust_accuracy` ([`Report::set_intervals`]). Optional within
+    /// schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust_interval: Option<Interval>,
 }
 
 impl Report {
+    /// Compute (again) every interval of the report, its stages' included, with `spec`: the
+    /// evaluator sets Wilson at 95 %.
+    ///
+    /// ```
+    /// use perturb::metrics::{IntervalMethod, IntervalSpec, Report};
+    /// # fn report() -> Report { serde_json::from_str(r#"{"schema_version":1,"perturb_version":"0",
+    /// #   "model":"m","data":"d","attack":{"name":"pgd","target":null,"params":{}},"seed":0,
+    /// #   "samples":200,"clean_correct":198,"robust_correct":150,"successes":48,
+    /// #   "clean_accuracy":0.99,"robust_accuracy":0.75,"attack_success_rate":0.2424,
+    /// #   "perturbation":{"mean":0,"median":0,"max":0},"gradient_evals":0,"wall_time_s":0,
+    /// #   "warnings":[]}"#).unwrap() }
+    /// let mut r = report(); // 150 of 200 robust
+    /// r.set_intervals(IntervalSpec::new(IntervalMethod::ClopperPearson, 0.95)?);
+    /// let ci = r.intervals.unwrap().robust_accuracy;
+    /// assert!((ci.lower - 0.6840).abs() < 1e-4 && (ci.upper - 0.8084).abs() < 1e-4);
+    /// # Ok::<(), perturb::Error>(())
+    /// ```
+    pub fn set_intervals(&mut self, spec: IntervalSpec) {
+        self.intervals = Some(ReportIntervals {
+            method: spec.method,
+            confidence: spec.confidence,
+            clean_accuracy: spec.interval(self.clean_correct, self.samples),
+            robust_accuracy: spec.interval(self.robust_correct, self.samples),
+            attack_success_rate: spec.interval(self.successes, self.clean_correct),
+        });
+        for stage in &mut self.stages {
+            stage.robust_interval = Some(spec.interval(stage.robust_correct, self.samples));
+        }
+    }
+
     /// Whether robust accuracy reaches `min_accuracy`: the one test behind
     /// [`assert_robust`](crate::eval::assert_robust) and the CLI's `gate`.
     ///
@@ -276,6 +342,16 @@ pub struct WorstCasePoint {
     pub eps: f32,
     /// Robust accuracy against the strongest attack per sample.
     pub robust_accuracy: f64,
+    /// Samples every attack failed on. Optional within schema 1.
+    #[serde(default)]
+    pub robust_correct: usize,
+    /// Samples evaluated. Optional within schema 1.
+    #[serde(default)]
+    pub samples: usize,
+    /// Confidence interval of `robust_accuracy` ([`Sweep::set_intervals`]). Optional within
+    /// schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
 }
 
 /// An ε sweep: reports for every (attack, ε), the worst case over attacks per ε, and the
@@ -294,127 +370,17 @@ pub struct Sweep {
     pub warnings: Vec<String>,
 }
 
-/// Robust accuracy by which an ensemble may fall below PGD at the same ε before
-/// [`masking_warnings`] says PGD's figure overestimates robustness (AutoAttack's 5 points).
-pub const ENSEMBLE_GAP: f64 = 0.05;
-
-/// Sanity checks for gradient masking on a set of reports (Carlini et al. 2019, §5):
-/// - an ensemble ([`Report::stages`]) more than [`ENSEMBLE_GAP`] below PGD at the same ε;
-/// - robust accuracy that rises as ε grows, for one attack (more than one sample's worth);
-/// - a multi-step attack (parameter `steps` > 1, such as PGD) weaker than a one-step attack
-///   (`steps` = 1, such as FGSM) at the same ε and norm;
-/// - under L∞ with ε at least half the pixel box, where every input can be moved to the same
-///   mid-grey image and robust accuracy therefore cannot exceed the largest class share
-///   `max_class_share`, an attack that leaves the accuracy above that bound.
-///
-/// Reports without a budget (patches) are left out. Returns one readable line per finding.
-///
-/// ```
-/// use perturb::metrics::{masking_warnings, AttackInfo, NormStats, Report, SCHEMA_VERSION};
-/// use perturb::Norm;
-/// let report = |eps: f32, acc: f64| Report {
-///     schema_version: SCHEMA_VERSION, perturb_version: "0".into(), model: "m".into(),
-///     model_sha256: None,
-///     data: "d".into(), seed: 0, samples: 100, clean_correct: 99,
-///     robust_correct: (acc * 100.0) as usize, successes: 0, clean_accuracy: 0.99,
-///     robust_accuracy: acc, attack_success_rate: 0.0, perturbation: NormStats::default(),
-///     gradient_evals: 0, forward_evals: 0, wall_time_s: 0.0, warnings: vec![], stages: vec![],
-///     attack: AttackInfo { name: "pgd".into(), norm: Some(Norm::Linf), eps: Some(eps),
-///                          target: None, params: serde_json::json!({"steps": 10}) },
-/// };
-/// assert!(masking_warnings(&[report(0.1, 0.5), report(0.2, 0.3)], 0.11).is_empty());
-/// assert_eq!(masking_warnings(&[report(0.1, 0.3), report(0.2, 0.5)], 0.11).len(), 1);
-/// ```
-pub fn masking_warnings(reports: &[Report], max_class_share: f64) -> Vec<String> {
-    let mut out = Vec::new();
-    // (report, norm, eps) of every report with a budget
-    let budgeted: Vec<(&Report, Norm, f32)> = reports
-        .iter()
-        .filter_map(|r| Some((r, r.attack.norm?, r.attack.eps?)))
-        .collect();
-    let mut names: Vec<(&str, Norm)> = Vec::new();
-    for &(r, norm, _) in &budgeted {
-        if !names.contains(&(r.attack.name.as_str(), norm)) {
-            names.push((r.attack.name.as_str(), norm));
+impl Sweep {
+    /// Compute (again) every interval of the sweep with `spec`: each report's and each
+    /// worst-case point's.
+    pub fn set_intervals(&mut self, spec: IntervalSpec) {
+        for r in &mut self.reports {
+            r.set_intervals(spec);
+        }
+        for p in &mut self.worst_case {
+            p.interval = Some(spec.interval(p.robust_correct, p.samples));
         }
     }
-    for &(name, norm) in &names {
-        let mut curve: Vec<(&Report, f32)> = budgeted
-            .iter()
-            .filter(|(r, n, _)| r.attack.name == name && *n == norm)
-            .map(|&(r, _, eps)| (r, eps))
-            .collect();
-        curve.sort_by(|a, b| a.1.total_cmp(&b.1));
-        for w in curve.windows(2) {
-            let ((lo, lo_eps), (hi, hi_eps)) = (w[0], w[1]);
-            if hi.robust_correct > lo.robust_correct + 1 {
-                out.push(format!(
-                    "{name} ({norm}): robust accuracy rises from {:.4} at eps {lo_eps} to {:.4} at eps {hi_eps} \
-                     (a larger budget should never help the model: gradient masking or too few steps)",
-                    lo.robust_accuracy, hi.robust_accuracy
-                ));
-            }
-        }
-    }
-    for &(multi, norm, eps) in &budgeted {
-        if multi.attack.steps().is_none_or(|s| s <= 1) || eps == 0.0 {
-            continue;
-        }
-        let one_step = budgeted.iter().find(|(r, n, e)| {
-            r.attack.steps() == Some(1)
-                && *n == norm
-                && *e == eps
-                && r.attack.target == multi.attack.target
-        });
-        if let Some(&(single, _, _)) = one_step {
-            if multi.robust_correct > single.robust_correct {
-                out.push(format!(
-                    "{} ({norm}) at eps {eps} leaves robust accuracy {:.4}, above {}'s {:.4}: a \
-                     multi-step attack weaker than one step suggests gradient masking or a poor step size",
-                    multi.attack.name, multi.robust_accuracy, single.attack.name, single.robust_accuracy
-                ));
-            }
-        }
-    }
-    // an ensemble far below PGD: PGD's figure must not be quoted
-    for &(ens, norm, eps) in &budgeted {
-        if ens.stages.is_empty() || eps == 0.0 {
-            continue;
-        }
-        for &(pgd, _, _) in budgeted.iter().filter(|(r, n, e)| {
-            r.attack.name == "pgd"
-                && *n == norm
-                && *e == eps
-                && r.attack.target == ens.attack.target
-        }) {
-            let gap = pgd.robust_accuracy - ens.robust_accuracy;
-            if gap > ENSEMBLE_GAP {
-                out.push(format!(
-                    "{} ({norm}) at eps {eps} leaves robust accuracy {:.4}, {:.1} points below \
-                     pgd's {:.4}: PGD overestimates this model's robustness (misleading gradients \
-                     or a poor step size); quote the ensemble's figure",
-                    ens.attack.name,
-                    ens.robust_accuracy,
-                    100.0 * gap,
-                    pgd.robust_accuracy
-                ));
-            }
-        }
-    }
-    for &(r, norm, eps) in &budgeted {
-        if norm == Norm::Linf
-            && f64::from(eps) >= 0.5
-            && r.samples > 0
-            && r.robust_accuracy > max_class_share + 1e-9
-        {
-            out.push(format!(
-                "{} at eps {eps} (linf, half the pixel box) leaves robust accuracy {:.4}, above the \
-                 largest class share {:.4} that any model can keep there: the attack is failing",
-                r.attack.name, r.robust_accuracy, max_class_share
-            ));
-        }
-    }
-    out
 }
 
 /// Robust accuracy per ε against the strongest attack per sample: `robust[a][e][i]` is whether
@@ -437,6 +403,9 @@ pub fn worst_case(eps: &[f32], robust: &[Vec<Vec<bool>>]) -> Vec<WorstCasePoint>
             WorstCasePoint {
                 eps,
                 robust_accuracy: ratio(held, n),
+                robust_correct: held,
+                samples: n,
+                interval: None,
             }
         })
         .collect()

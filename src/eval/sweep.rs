@@ -61,12 +61,14 @@ impl Evaluator<'_> {
             robust.push(per_eps);
         }
         let warnings = masking_warnings(&reports, self.max_class_share());
-        Ok(Sweep {
+        let mut sweep = Sweep {
             schema_version: SCHEMA_VERSION,
             model: self.model_name.clone(),
             worst_case: worst_case(&eps, &robust),
             reports,
             warnings,
-        })
+        };
+        sweep.set_intervals(self.intervals);
+        Ok(sweep)
     }
 }

@@ -16,6 +16,9 @@ mod ensemble;
 mod errors;
 mod fab;
 mod fast_layers;
+mod gate;
+#[cfg(feature = "cli")]
+mod gate_cli;
 mod gradcheck;
 mod gradients;
 #[cfg(feature = "cli")]

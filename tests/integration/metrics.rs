@@ -209,6 +209,8 @@ mod warnings {
             wall_time_s: 0.0,
             warnings: vec![],
             stages: vec![],
+            intervals: None,
+            per_sample: None,
         }
     }
 
@@ -252,6 +254,7 @@ mod warnings {
                 fooled: 99 - robust,
                 robust_correct: robust,
                 robust_accuracy: robust as f64 / 100.0,
+                robust_interval: None,
             }];
             r
         };

@@ -84,6 +84,14 @@ pub struct PatchEvaluation {
     pub success_rate: f64,
     /// Share classified as the target with the noise patch.
     pub noise_success_rate: f64,
+    /// Images classified as the target with the trained patch.
+    pub successes: usize,
+    /// Images classified as the target with the noise patch.
+    pub noise_successes: usize,
+    /// 95 % Wilson interval of `success_rate`.
+    pub success_interval: crate::metrics::Interval,
+    /// 95 % Wilson interval of `noise_success_rate`.
+    pub noise_success_interval: crate::metrics::Interval,
 }
 
 /// Add uniform noise in `[-amount, amount]` to every pixel and clamp to [0, 1].
@@ -358,7 +366,7 @@ impl PatchTrainer {
             })
             .collect::<Result<_>>()?;
         let noise = Patch::noise(c, s, patch.shape, seed ^ 0x006e_6f69_7365, dev)?;
-        let rate = |p: &Patch| -> Result<f64> {
+        let hits = |p: &Patch| -> Result<usize> {
             let mut hits = 0usize;
             for r in crate::data::batches(keep.len(), 256)? {
                 let xb = x.narrow(0, r.start, r.len())?;
@@ -366,12 +374,19 @@ impl PatchTrainer {
                 let pred = predictions(&checked_logits(model, &patched)?)?;
                 hits += pred.iter().filter(|&&p| p == self.target).count();
             }
-            Ok(hits as f64 / keep.len() as f64)
+            Ok(hits)
         };
+        let (successes, noise_successes) = (hits(patch)?, hits(&noise)?);
+        let n = keep.len();
+        let ci = crate::metrics::IntervalSpec::default();
         Ok(PatchEvaluation {
-            images: keep.len(),
-            success_rate: rate(patch)?,
-            noise_success_rate: rate(&noise)?,
+            images: n,
+            success_rate: successes as f64 / n as f64,
+            noise_success_rate: noise_successes as f64 / n as f64,
+            successes,
+            noise_successes,
+            success_interval: ci.interval(successes, n),
+            noise_success_interval: ci.interval(noise_successes, n),
         })
     }
 }

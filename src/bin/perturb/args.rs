@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
 use perturb::attack::{AttackSpec, Ensemble, FixedBudget, Registry};
 use perturb::data::{load_image, load_photo, Fit, Mnist};
+use perturb::metrics::{IntervalMethod, IntervalSpec};
 use perturb::zoo::{self, Arch, ZooModel};
 use perturb::Norm;
 use serde_json::Value;
@@ -23,10 +24,13 @@ Examples:
   perturb gate --model mnist-cnn --attack pgd --eps 0.05 --min-robust-accuracy 0.9 --n 1000
   perturb attack --model mnist-cnn --attack pgd --eps 0.3 --param steps=100 --param restarts=5
   perturb gate --model mnist-cnn --attack-spec pgd40.json --min-robust-accuracy 0.5
+  perturb gate --model new.safetensors --arch small-cnn --attack pgd --eps 0.1 --n 500 \
+      --baseline last-release.json --max-drop 0.01 --junit gate.xml --markdown gate.md
   perturb attacks
   perturb attack --model my.safetensors --arch small-cnn --sha256 HEX --attack fgsm --eps 0.1
 
-Exit codes: 0 success (gate: the model holds), 1 the gate failed, 2 a usage or input error.
+Exit codes: 0 success (gate: PASS), 1 the gate failed (FAIL), 2 a usage or input error,
+3 the gate is INCONCLUSIVE (the confidence interval straddles the threshold: more samples).
 Data: the MNIST test set shipped in data/mnist (the first --n images from --offset), or the
 image files given with --image (labelled with the model's own predictions).";
 
@@ -48,7 +52,8 @@ pub enum Command {
     Attack(AttackArgs),
     /// Sweep ε for one or more attacks: accuracy-vs-ε table, curve, worst case, warnings.
     Eval(EvalArgs),
-    /// Exit 0 when robust accuracy reaches a threshold, 1 when it falls short (for CI).
+    /// For CI: robust accuracy against a threshold (with its confidence interval) and/or a
+    /// baseline report; exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE.
     Gate(GateArgs),
     /// Universal adversarial patches: train one, measure a saved one, paste it on images.
     Patch(crate::patch::PatchArgs),
@@ -130,6 +135,26 @@ pub struct Spec {
     pub no_early_stop: bool,
 }
 
+/// How confidence intervals are computed (`attack`, `eval`, `gate`).
+#[derive(Args, Debug)]
+pub struct Confidence {
+    /// Confidence level of the intervals printed and written, in [0, 1); 0 gives the point
+    /// estimate alone (for `gate`: the threshold is compared with the estimate itself).
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Interval method: wilson (score interval) or clopper-pearson (exact, conservative).
+    #[arg(long, default_value = "wilson", value_parser = ["wilson", "clopper-pearson"])]
+    pub interval: String,
+}
+
+impl Confidence {
+    /// The spec, checked.
+    pub fn spec(&self) -> Result<IntervalSpec> {
+        let method: IntervalMethod = self.interval.parse()?;
+        IntervalSpec::new(method, self.confidence).context("--confidence")
+    }
+}
+
 /// One attack, its radius and its parameters: what `attack` and `gate` run.
 #[derive(Args, Debug)]
 pub struct Chosen {
@@ -189,6 +214,8 @@ pub struct AttackArgs {
     pub common: Common,
     #[command(flatten)]
     pub chosen: Chosen,
+    #[command(flatten)]
+    pub confidence: Confidence,
     /// Targeted attack toward this class, an index or an ImageNet class name (`toaster`); images
     /// of that class are skipped.
     #[arg(long)]
@@ -232,6 +259,8 @@ pub struct EvalArgs {
     pub eps: Option<String>,
     #[command(flatten)]
     pub spec: Spec,
+    #[command(flatten)]
+    pub confidence: Confidence,
     /// Write the accuracy-vs-ε curve as PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -249,12 +278,29 @@ pub struct GateArgs {
     pub common: Common,
     #[command(flatten)]
     pub chosen: Chosen,
-    /// Smallest acceptable robust accuracy, in [0, 1].
-    #[arg(long)]
-    pub min_robust_accuracy: f64,
-    /// Write the report as JSON.
+    #[command(flatten)]
+    pub confidence: Confidence,
+    /// Smallest acceptable robust accuracy, in [0, 1]: PASS when the interval's lower bound
+    /// reaches it, FAIL when its upper bound falls short, INCONCLUSIVE (exit 3) in between.
+    #[arg(long, required_unless_present = "baseline")]
+    pub min_robust_accuracy: Option<f64>,
+    /// A report of the previous model (`attack --json` or `gate --json`) on the same samples,
+    /// attack and seed: FAIL when robust accuracy drops by more than --max-drop and McNemar's
+    /// paired test finds the drop significant at --confidence.
+    #[arg(long, value_name = "REPORT.json")]
+    pub baseline: Option<PathBuf>,
+    /// Largest drop in robust accuracy from the baseline that passes, in [0, 1].
+    #[arg(long, default_value_t = 0.0, requires = "baseline")]
+    pub max_drop: f64,
+    /// Write the report as JSON (a baseline for the next model).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the verdict as JUnit XML (one test case per model, attack and ε).
+    #[arg(long, value_name = "FILE.xml")]
+    pub junit: Option<PathBuf>,
+    /// Write a Markdown summary table (to post as a pull-request comment).
+    #[arg(long, value_name = "FILE.md")]
+    pub markdown: Option<PathBuf>,
 }
 
 /// A model with its test data, ready to attack.
@@ -269,6 +315,9 @@ pub struct Loaded {
     pub target: Option<u32>,
     /// The image files, when the data came from `--image` (after skipping the target's class).
     pub files: Vec<PathBuf>,
+    /// Each sample's position in its data set: the MNIST index, or the `--image` file's
+    /// position on the command line.
+    pub indices: Vec<usize>,
 }
 
 /// The default ε grid of `eval` for `norm`: budgets of the sizes papers use on MNIST.
@@ -498,14 +547,12 @@ impl Common {
             }
         };
         let (mut images, mut labels) = (images, labels);
+        // positions in the split of the images kept (all but the target's class)
+        let mut positions: Vec<usize> = (0..labels.dim(0)?).collect();
         if let Some(t) = target {
-            let keep: Vec<u32> = labels
-                .to_vec1::<u32>()?
-                .iter()
-                .enumerate()
-                .filter(|(_, &l)| l != t)
-                .map(|(i, _)| i as u32)
-                .collect();
+            let all = labels.to_vec1::<u32>()?;
+            positions.retain(|&i| all[i] != t);
+            let keep: Vec<u32> = positions.iter().map(|&i| i as u32).collect();
             let keep = Tensor::new(keep.as_slice(), &device)?;
             images = images.index_select(&keep, 0)?;
             labels = labels.index_select(&keep, 0)?;
@@ -541,6 +588,7 @@ impl Common {
             batch_size: self.batch_size,
             target,
             files: Vec::new(),
+            indices: positions[offset..end].to_vec(),
         })
     }
 
@@ -572,6 +620,7 @@ impl Common {
         let idx = Tensor::new(idx.as_slice(), device)?;
         let labels: Vec<u32> = keep.iter().map(|&i| predicted[i]).collect();
         let files: Vec<PathBuf> = keep.iter().map(|&i| self.images[i].clone()).collect();
+        let indices = keep.clone();
         let data_name = format!(
             "images {} (labels: the model's predictions)",
             files
@@ -589,6 +638,7 @@ impl Common {
             batch_size: self.batch_size,
             target,
             files,
+            indices,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The `perturb` command line: a thin layer over the library.
 //!
-//! Exit codes: 0 success (for `gate`: the model holds), 1 the gate failed, 2 a usage or input
-//! error, printed as one line on stderr.
+//! Exit codes: 0 success (for `gate`: PASS), 1 the gate failed (FAIL), 2 a usage or input
+//! error, printed as one line on stderr, 3 the gate is INCONCLUSIVE (its confidence interval
+//! straddles the threshold, or a drop from the baseline is not significant).
 
 /// Print a line on stdout; a reader that went away (`| head`) is not an error: the output is
 /// simply no longer wanted, and `gate`'s exit code still carries its verdict.
@@ -26,7 +27,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use perturb::attack::{FixedBudget, Registry};
 use perturb::eval::Evaluator;
 use perturb::export::{self, GridRow};
-use perturb::metrics::Report;
+use perturb::metrics::{
+    AttackInfo, BaselineCheck, GateOutcome, Interval, IntervalSpec, Report, ReportIntervals,
+    ThresholdCheck,
+};
 use perturb::zoo;
 use perturb::Attack;
 
@@ -174,28 +178,50 @@ fn summary(r: &Report, class_name: impl Fn(u32) -> Option<String>) -> String {
         })
         .unwrap_or_default();
     let threat = threat(r);
+    let ci = |pick: fn(&ReportIntervals) -> Interval| {
+        r.intervals
+            .as_ref()
+            .filter(|i| i.confidence > 0.0)
+            .map(|i| format!(" {}", pick(i)))
+            .unwrap_or_default()
+    };
+    let level = r
+        .intervals
+        .as_ref()
+        .filter(|i| i.confidence > 0.0)
+        .map(|i| format!(" ({} % {} intervals)", 100.0 * i.confidence, i.method))
+        .unwrap_or_default();
     format!(
-        "{} · {}{}{} · {} samples: clean {:.2} %, robust {:.2} %, attack success {:.2} %, \
-         mean |delta| {:.4}, {} gradient evals, {:.1} s",
+        "{} · {}{}{} · {} samples: clean {:.2} %{}, robust {:.2} %{}, attack success {:.2} %{}, \
+         mean |delta| {:.4}, {} gradient evals, {:.1} s{level}",
         r.model,
         r.attack.name,
         threat,
         target,
         r.samples,
         100.0 * r.clean_accuracy,
+        ci(|i| i.clean_accuracy),
         100.0 * r.robust_accuracy,
+        ci(|i| i.robust_accuracy),
         100.0 * r.attack_success_rate,
+        ci(|i| i.attack_success_rate),
         r.perturbation.mean,
         r.gradient_evals,
         r.wall_time_s
     )
 }
 
-fn evaluator<'a>(loaded: &'a Loaded, progress: bool) -> Result<Evaluator<'a>> {
+fn evaluator<'a>(
+    loaded: &'a Loaded,
+    intervals: IntervalSpec,
+    progress: bool,
+) -> Result<Evaluator<'a>> {
     let mut eval = Evaluator::new(&loaded.model, &loaded.images, &loaded.labels)?
         .model_name(loaded.model_name.clone())
         .data_name(loaded.data_name.clone())
-        .batch_size(loaded.batch_size);
+        .batch_size(loaded.batch_size)
+        .sample_indices(loaded.indices.clone())
+        .intervals(intervals);
     if let Some(hex) = loaded.model.sha256() {
         eval = eval.model_sha256(hex);
     }
@@ -230,10 +256,12 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         ("--grid", &a.grid, true),
         ("--save-adversarials", &a.save_adversarials, a.force),
     ]))?;
+    let intervals = a.confidence.spec()?;
     let loaded = a.common.load(a.targeted.as_deref())?;
     let input = loaded.model.arch().input_shape();
     let attack = a.chosen.build(input)?;
-    let run = evaluator(&loaded, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
+    let run =
+        evaluator(&loaded, intervals, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
     let arch = loaded.model.arch();
     out!(
         "{}",
@@ -342,6 +370,7 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         ("--json", &e.json, true),
         ("--csv", &e.csv, true),
     ]))?;
+    let intervals = e.confidence.spec()?;
     let loaded = e.common.load(None)?;
     let input = loaded.model.arch().input_shape();
     let norm: perturb::Norm = e.spec.norm.as_deref().unwrap_or("linf").parse()?;
@@ -395,31 +424,43 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         attacks.push(e.spec.build_suite(suite, Some(reference), input)?);
     }
     let refs: Vec<&dyn FixedBudget> = attacks.iter().map(|a| a.as_ref()).collect();
-    let sweep = evaluator(&loaded, !e.common.quiet)?.sweep(&refs, &eps)?;
+    let sweep = evaluator(&loaded, intervals, !e.common.quiet)?.sweep(&refs, &eps)?;
+    let show_ci = intervals.confidence > 0.0;
+    let ci = |i: Option<Interval>| match i {
+        Some(i) if show_ci => format!(" {i}"),
+        _ => String::new(),
+    };
     out!(
-        "{:<8} {:<5} {:>8} {:>10} {:>10}",
+        "{:<8} {:<5} {:>8} {:>10} {:>10}{}",
         "attack",
         "norm",
         "eps",
         "clean",
-        "robust"
+        "robust",
+        if show_ci {
+            format!("  {} interval", intervals.describe())
+        } else {
+            String::new()
+        }
     );
     for r in &sweep.reports {
         out!(
-            "{:<8} {:<5} {:>8} {:>9.2}% {:>9.2}%",
+            "{:<8} {:<5} {:>8} {:>9.2}% {:>9.2}%{}",
             r.attack.name,
             r.attack.norm.map(|n| n.to_string()).unwrap_or_default(),
             r.attack.eps.unwrap_or_default(),
             100.0 * r.clean_accuracy,
-            100.0 * r.robust_accuracy
+            100.0 * r.robust_accuracy,
+            ci(r.intervals.map(|i| i.robust_accuracy))
         );
     }
     if refs.len() > 1 {
         for p in &sweep.worst_case {
             out!(
-                "worst case at eps {}: {:.2} %",
+                "worst case at eps {}: {:.2} %{}",
                 p.eps,
-                100.0 * p.robust_accuracy
+                100.0 * p.robust_accuracy,
+                ci(p.interval)
             );
         }
     }
@@ -439,34 +480,71 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
 }
 
 fn gate(g: GateArgs) -> Result<ExitCode> {
-    Report::check_threshold(g.min_robust_accuracy).context("--min-robust-accuracy")?;
-    outputs::check(&outputs::of(&[("--json", &g.json, true)]))?;
+    let intervals = g.confidence.spec()?;
+    if let Some(min) = g.min_robust_accuracy {
+        Report::check_threshold(min).context("--min-robust-accuracy")?;
+    }
+    if !(g.max_drop.is_finite() && (0.0..=1.0).contains(&g.max_drop)) {
+        bail!("--max-drop {}: must lie in [0, 1]", g.max_drop);
+    }
+    outputs::check(&outputs::of(&[
+        ("--json", &g.json, true),
+        ("--junit", &g.junit, true),
+        ("--markdown", &g.markdown, true),
+    ]))?;
+    // the baseline is read before any compute: a bad file fails at once
+    let baseline = g
+        .baseline
+        .as_deref()
+        .map(|p| perturb::export::read_report(p).context("--baseline"))
+        .transpose()?;
     let loaded = g.common.load(None)?;
     let attack = g.chosen.build(loaded.model.arch().input_shape())?;
-    let run = evaluator(&loaded, !g.common.quiet)?.run(attack.as_ref() as &dyn Attack, None)?;
-    let r = &run.report;
-    if let Some(path) = &g.json {
-        export::write_json(r, path).context("writing the gate's report")?;
+    if let Some(b) = &baseline {
+        let info = AttackInfo::of(attack.as_ref() as &dyn Attack);
+        let n = loaded.indices.len();
+        BaselineCheck::check_plan(b, &info, &loaded.data_name, n).context("--baseline")?;
     }
-    let held = r.meets(g.min_robust_accuracy)?;
-    for w in &r.warnings {
+    let run = evaluator(&loaded, intervals, !g.common.quiet)?
+        .run(attack.as_ref() as &dyn Attack, None)?;
+    let r = run.report;
+    if let Some(path) = &g.json {
+        export::write_json(&r, path).context("writing the gate's report")?;
+    }
+    let threshold = g
+        .min_robust_accuracy
+        .map(|min| ThresholdCheck::of_report(&r, min, intervals))
+        .transpose()?;
+    let baseline = baseline
+        .map(|b| BaselineCheck::of(&r, &b, g.max_drop, intervals.confidence))
+        .transpose()
+        .context("--baseline")?;
+    let outcome = GateOutcome {
+        report: r,
+        threshold,
+        baseline,
+    };
+    for w in &outcome.report.warnings {
         eprintln!("warning: {w}");
     }
-    out!(
-        "{}: robust accuracy {:.4} ({} of {}) {} the required {:.4} ({}, {}{})",
-        if held { "PASS" } else { "FAIL" },
-        r.robust_accuracy,
-        r.robust_correct,
-        r.samples,
-        if held { ">=" } else { "<" },
-        g.min_robust_accuracy,
-        r.model,
-        r.attack.name,
-        threat(r)
+    if let Some(path) = &g.junit {
+        export::write_junit(std::slice::from_ref(&outcome), path)?;
+    }
+    if let Some(path) = &g.markdown {
+        export::write_markdown(std::slice::from_ref(&outcome), path)?;
+    }
+    let verdict = outcome.verdict();
+    let what = format!(
+        "{}, {}{}",
+        outcome.report.model,
+        outcome.report.attack.name,
+        threat(&outcome.report)
     );
-    Ok(if held {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    if let Some(t) = &outcome.threshold {
+        out!("{}: {} ({what})", t.verdict, t.describe());
+    }
+    if let Some(b) = &outcome.baseline {
+        out!("{}: {} ({what})", b.verdict, b.describe());
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
 }

@@ -262,14 +262,17 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         e.placing.seed,
     )?;
     out!(
-        "{} · patch {} px toward {} on {} ({} images): success {:.2} %, noise patch {:.2} %",
+        "{} · patch {} px toward {} on {} ({} images): success {:.2} % {}, noise patch {:.2} % {} \
+         (95 % wilson intervals)",
         loaded.model_name,
         patch.side(),
         class_label(&loaded, target),
         loaded.data_name,
         figures.images,
         100.0 * figures.success_rate,
-        100.0 * figures.noise_success_rate
+        figures.success_interval,
+        100.0 * figures.noise_success_rate,
+        figures.noise_success_interval
     );
     if let Some(path) = &e.json {
         export::write_json(&figures, path)?;
@@ -288,7 +291,8 @@ fn apply(a: ApplyArgs) -> Result<ExitCode> {
     let attack = PatchApplication::new(patch, a.placing.region()?)
         .transforms(a.placing.transforms()?)
         .seed(a.placing.seed);
-    let run = crate::evaluator(&loaded, !a.common.quiet)?.run(&attack, loaded.target)?;
+    let run = crate::evaluator(&loaded, Default::default(), !a.common.quiet)?
+        .run(&attack, loaded.target)?;
     let arch = loaded.model.arch();
     out!(
         "{}",
