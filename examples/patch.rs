@@ -325,6 +325,7 @@ fn plot(points: &[Point], path: &std::path::Path) -> Result<()> {
                     })
                     .collect(),
                 thin: false,
+                band: Vec::new(),
             });
         }
         if t == 8 || t == 0 {
@@ -335,6 +336,7 @@ fn plot(points: &[Point], path: &std::path::Path) -> Result<()> {
                     .map(|&(a, r8, r0)| (a, if t == 8 { r8 } else { r0 } / 100.0))
                     .collect(),
                 thin: true,
+                band: Vec::new(),
             });
         }
     }

@@ -18,12 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::budget::Norm;
 use crate::error::{Error, Result};
 
+mod baseline;
 mod gate;
 mod interval;
 mod masking;
 mod per_sample;
 
-pub use gate::{BaselineCheck, GateOutcome, ThresholdCheck, Verdict};
+pub use baseline::BaselineCheck;
+pub use gate::{GateOutcome, ThresholdCheck, Verdict};
 pub use interval::{Interval, IntervalMethod, IntervalSpec};
 pub use masking::{masking_warnings, ENSEMBLE_GAP};
 pub use per_sample::PerSample;

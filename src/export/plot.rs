@@ -44,8 +44,9 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Plot robust accuracy against ε, one line per attack and norm, plus the worst case over
-/// attacks when there are several, as a PNG of [`CURVE_SIZE`].
+/// Plot robust accuracy against ε, one line per attack and norm with its confidence interval
+/// as a shaded band (where the reports carry one), plus the worst case over attacks when there
+/// are several, as a PNG of [`CURVE_SIZE`].
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a sweep without reports, [`Error::Io`] when drawing or
@@ -65,12 +66,20 @@ pub fn plot_curve(sweep: &Sweep, path: &Path) -> Result<()> {
         };
         let key = format!("{} ({norm})", r.attack.name);
         let point = (eps, r.robust_accuracy);
+        let band = r
+            .intervals
+            .filter(|i| i.confidence > 0.0)
+            .map(|i| (i.robust_accuracy.lower, i.robust_accuracy.upper));
         match lines.iter_mut().find(|l| l.name == key) {
-            Some(l) => l.points.push(point),
+            Some(l) => {
+                l.points.push(point);
+                l.band.extend(band);
+            }
             None => lines.push(Line {
                 name: key,
                 points: vec![point],
                 thin: false,
+                band: band.into_iter().collect(),
             }),
         }
     }
@@ -83,6 +92,7 @@ pub fn plot_curve(sweep: &Sweep, path: &Path) -> Result<()> {
                 .map(|p| (p.eps, p.robust_accuracy))
                 .collect(),
             thin: true,
+            band: Vec::new(),
         });
     }
     plot_lines(
@@ -102,6 +112,9 @@ pub struct Line {
     pub points: Vec<(f32, f64)>,
     /// A thin black line without markers (a reference or an envelope) instead of a coloured one.
     pub thin: bool,
+    /// `(lower, upper)` per point, drawn as a shaded band (a confidence interval); empty for
+    /// none, and ignored unless it has one entry per point.
+    pub band: Vec<(f64, f64)>,
 }
 
 /// Plot lines of `y ∈ [0, 1]` against `x ≥ 0` as a PNG of [`CURVE_SIZE`], with a legend; the
@@ -173,6 +186,27 @@ pub fn plot_lines(
             }
             let color = COLORS[coloured % COLORS.len()];
             coloured += 1;
+            if !line.band.is_empty() && line.band.len() == line.points.len() {
+                let outline: Vec<(f32, f64)> = line
+                    .points
+                    .iter()
+                    .zip(&line.band)
+                    .map(|(p, b)| (p.0, b.0))
+                    .chain(
+                        line.points
+                            .iter()
+                            .zip(&line.band)
+                            .rev()
+                            .map(|(p, b)| (p.0, b.1)),
+                    )
+                    .collect();
+                chart
+                    .draw_series(std::iter::once(Polygon::new(
+                        outline,
+                        color.mix(0.15).filled(),
+                    )))
+                    .map_err(|e| draw(&e))?;
+            }
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| draw(&e))?
