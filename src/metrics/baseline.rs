@@ -34,7 +34,27 @@ pub struct BaselineCheck {
     pub confidence: f64,
 }
 
+/// Why a baseline without per-sample outcomes cannot be compared, and what to do.
+const NO_PER_SAMPLE: &str = "the baseline has no per-sample outcomes (`per_sample`): write it \
+                             again with `perturb attack --json` or `perturb gate --json`";
+
 impl BaselineCheck {
+    /// Error unless `max_drop` lies in `[0, 1]` (checked before an evaluation runs).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`].
+    pub fn check_max_drop(max_drop: f64) -> Result<()> {
+        if max_drop.is_finite() && (0.0..=1.0).contains(&max_drop) {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "max_drop",
+                value: max_drop.to_string(),
+                reason: "must lie in [0, 1]",
+            })
+        }
+    }
+
     /// Compare `report` with `baseline` (the previous model, same samples, attack and seed).
     ///
     /// # Errors
@@ -43,13 +63,7 @@ impl BaselineCheck {
     /// [`Error::InvalidParameter`] for a `max_drop` outside `[0, 1]` or a confidence outside
     /// `[0, 1)`.
     pub fn of(report: &Report, baseline: &Report, max_drop: f64, confidence: f64) -> Result<Self> {
-        if !(max_drop.is_finite() && (0.0..=1.0).contains(&max_drop)) {
-            return Err(Error::InvalidParameter {
-                name: "max_drop",
-                value: max_drop.to_string(),
-                reason: "must lie in [0, 1]",
-            });
-        }
+        Self::check_max_drop(max_drop)?;
         check_confidence(confidence)?;
         let (now, before) = comparable(report, baseline)?;
         let lost = (0..before.robust.len())
@@ -120,12 +134,10 @@ fn comparable<'a>(
         .per_sample
         .as_ref()
         .ok_or_else(|| refuse("this run kept no per-sample outcomes"))?;
-    let before = baseline.per_sample.as_ref().ok_or_else(|| {
-        refuse(
-            "the baseline has no per-sample outcomes (`per_sample`): write it again with \
-             `perturb attack --json` or `perturb gate --json`",
-        )
-    })?;
+    let before = baseline
+        .per_sample
+        .as_ref()
+        .ok_or_else(|| refuse(NO_PER_SAMPLE))?;
     now.check(report.samples)?;
     before.check(baseline.samples)?;
     if now.index != before.index {
@@ -191,11 +203,7 @@ impl BaselineCheck {
             ));
         }
         if baseline.per_sample.is_none() {
-            return refuse(
-                "the baseline has no per-sample outcomes (`per_sample`): write it again with \
-                 `perturb attack --json` or `perturb gate --json`"
-                    .into(),
-            );
+            return refuse(NO_PER_SAMPLE.into());
         }
         Ok(())
     }

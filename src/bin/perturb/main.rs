@@ -484,9 +484,7 @@ fn gate(g: GateArgs) -> Result<ExitCode> {
     if let Some(min) = g.min_robust_accuracy {
         Report::check_threshold(min).context("--min-robust-accuracy")?;
     }
-    if !(g.max_drop.is_finite() && (0.0..=1.0).contains(&g.max_drop)) {
-        bail!("--max-drop {}: must lie in [0, 1]", g.max_drop);
-    }
+    BaselineCheck::check_max_drop(g.max_drop).context("--max-drop")?;
     outputs::check(&outputs::of(&[
         ("--json", &g.json, true),
         ("--junit", &g.junit, true),
