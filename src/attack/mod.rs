@@ -18,9 +18,14 @@
 mod apgd;
 mod at_eps;
 mod batch;
+mod cw;
+mod ddn;
+mod deepfool;
 mod ensemble;
 mod fab;
 pub(crate) mod fgsm;
+mod mi_fgsm;
+mod minimal;
 mod patch;
 pub(crate) mod pgd;
 mod registry;
@@ -32,10 +37,18 @@ pub use apgd::Apgd;
 pub(crate) use apgd::ApgdParams;
 pub use at_eps::AtEps;
 pub use batch::{Batch, CleanLogits, GradientCheckMode};
+pub use cw::CarliniWagner;
+pub(crate) use cw::CwParams;
+pub use ddn::Ddn;
+pub(crate) use ddn::DdnParams;
+pub(crate) use deepfool::DeepFoolParams;
+pub use deepfool::{DeepFool, DEEPFOOL_LOGIT_OFFSET};
 pub use ensemble::Ensemble;
 pub use fab::Fab;
 pub(crate) use fab::FabParams;
 use fgsm::Fgsm;
+pub use mi_fgsm::MiFgsm;
+pub(crate) use mi_fgsm::MiFgsmParams;
 pub use patch::{
     apply_patch, random_placement, Patch, PatchApplication, PatchEvaluation, PatchOptimizer,
     PatchShape, PatchTrainer, PatchTraining, Placement, Region, Transforms,

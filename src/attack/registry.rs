@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 
 use super::pgd::PgdParams;
 use super::{
-    Apgd, ApgdParams, AtEps, Fab, FabParams, Fgsm, FixedBudget, Pgd, Square, SquareParams,
+    Apgd, ApgdParams, AtEps, CarliniWagner, CwParams, Ddn, DdnParams, DeepFool, DeepFoolParams,
+    Fab, FabParams, Fgsm, FixedBudget, MiFgsm, MiFgsmParams, Pgd, Square, SquareParams,
 };
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
@@ -137,7 +138,8 @@ impl AttackSpec {
 /// use perturb::attack::{Kind, Registry};
 /// let registry = Registry::builtin();
 /// let names: Vec<&str> = registry.entries().iter().map(|e| e.name).collect();
-/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t", "fab-t", "square"]);
+/// assert_eq!(names, ["fgsm", "bim", "pgd", "apgd", "apgd-t", "fab-t", "square", "mi-fgsm",
+///                    "cw", "deepfool", "ddn"]);
 /// assert_eq!(registry.get("pgd")?.kind, Kind::FixedBudget);
 /// assert!(registry.get("pgd")?.takes("restarts"));
 /// # Ok::<(), perturb::Error>(())
@@ -207,6 +209,47 @@ impl Registry {
                     norms: &[Norm::Linf, Norm::L2],
                     defaults: || serde_json::to_value(SquareParams::default()).unwrap_or_default(),
                     build: build_square,
+                },
+                Entry {
+                    name: "mi-fgsm",
+                    kind: Kind::FixedBudget,
+                    summary: "iterated steps with momentum, optional input diversity and translation invariance, for transfer (Dong et al. 2018)",
+                    norms: ALL_NORMS,
+                    defaults: || serde_json::to_value(MiFgsmParams::default()).unwrap_or_default(),
+                    build: |b, p| Ok(Box::new(MiFgsm::with_params(b, typed("mi-fgsm", p)?).build()?)),
+                },
+                Entry {
+                    name: "cw",
+                    kind: Kind::MinimumNorm,
+                    summary: "Carlini-Wagner L2: Adam on the margin loss with a search over c, the smallest point found judged at eps (Carlini & Wagner 2017)",
+                    norms: &[Norm::L2],
+                    defaults: || serde_json::to_value(CwParams::default()).unwrap_or_default(),
+                    build: |b, p| {
+                        let cw = CarliniWagner::with_params(typed("cw", p)?).build()?;
+                        Ok(Box::new(AtEps::new(cw, b)))
+                    },
+                },
+                Entry {
+                    name: "deepfool",
+                    kind: Kind::MinimumNorm,
+                    summary: "steps to the nearest boundary of the linearised model until the label flips, judged at eps (Moosavi-Dezfooli et al. 2016)",
+                    norms: &[Norm::Linf, Norm::L2],
+                    defaults: || serde_json::to_value(DeepFoolParams::default()).unwrap_or_default(),
+                    build: |b, p| {
+                        let df = DeepFool::with_params(b.norm(), typed("deepfool", p)?).build()?;
+                        Ok(Box::new(AtEps::new(df, b)))
+                    },
+                },
+                Entry {
+                    name: "ddn",
+                    kind: Kind::MinimumNorm,
+                    summary: "decoupled direction and norm: a fast minimum-L2 attack, judged at eps (Rony et al. 2019)",
+                    norms: &[Norm::L2],
+                    defaults: || serde_json::to_value(DdnParams::default()).unwrap_or_default(),
+                    build: |b, p| {
+                        let ddn = Ddn::with_params(typed("ddn", p)?).build()?;
+                        Ok(Box::new(AtEps::new(ddn, b)))
+                    },
                 },
             ],
         }

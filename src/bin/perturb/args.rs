@@ -158,7 +158,8 @@ impl Confidence {
 /// One attack, its radius and its parameters: what `attack` and `gate` run.
 #[derive(Args, Debug)]
 pub struct Chosen {
-    /// The attack: fgsm, bim, pgd, apgd, apgd-t, fab-t or square (`perturb attacks` lists them);
+    /// The attack: fgsm, bim, pgd, apgd, apgd-t, fab-t, square, mi-fgsm, cw, deepfool or ddn
+    /// (`perturb attacks` lists them);
     /// default pgd,
     /// or the one --attack-spec names.
     #[arg(long, conflicts_with = "suite")]
