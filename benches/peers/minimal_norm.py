@@ -77,7 +77,8 @@ DEEPFOOL = dict(steps=50, overshoot=0.02)
 PERTURB_RUNS = {
     "cw": ("cw", [f"c={CW['c']}", "binary_steps=1", f"steps={CW['steps']}", f"lr={CW['lr']}",
                   f"kappa={CW['kappa']}"]),
-    "deepfool": ("deepfool", [f"steps={DEEPFOOL['steps']}", f"overshoot={DEEPFOOL['overshoot']}"]),
+    "deepfool": ("deepfool", [f"steps={DEEPFOOL['steps']}", f"overshoot={DEEPFOOL['overshoot']}",
+                              "candidates=10"]),
     "cw-default": ("cw", []),
     "ddn-default": ("ddn", []),
 }

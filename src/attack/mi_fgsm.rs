@@ -191,7 +191,7 @@ impl MiFgsm {
             );
         }
         check_fraction("resize_rate", p.resize_rate)?;
-        if p.ti_kernel > 0 && p.ti_kernel % 2 == 0 {
+        if p.ti_kernel > 0 && p.ti_kernel.is_multiple_of(2) {
             return bad(
                 "ti_kernel",
                 p.ti_kernel.to_string(),

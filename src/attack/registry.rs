@@ -306,6 +306,7 @@ impl Registry {
             attack: spec.attack.clone(),
             reason: "no eps given".into(),
         })?;
+        let budget = Budget::new(spec.norm, eps)?;
         if !entry.norms.contains(&spec.norm) {
             let names: Vec<String> = entry.norms.iter().map(Norm::to_string).collect();
             return Err(Error::AttackSpec {
@@ -313,7 +314,6 @@ impl Registry {
                 reason: format!("no {} budget: it supports {}", spec.norm, names.join(", ")),
             });
         }
-        let budget = Budget::new(spec.norm, eps)?;
         let mut params = (entry.defaults)();
         let Some(known) = params.as_object_mut() else {
             return Err(Error::AttackSpec {

@@ -26,6 +26,7 @@ mod home;
 mod imagenet;
 mod memory;
 mod metrics;
+mod minimal;
 mod models;
 mod patch;
 mod properties;

@@ -54,7 +54,7 @@ impl Attack for MomentumPgd {
         batch.finish(model, budget, cur, None)
     }
     fn name(&self) -> &'static str {
-        "mi-fgsm"
+        "momentum-pgd"
     }
     fn threat(&self) -> Threat {
         Threat::Budget(self.0)
@@ -73,10 +73,10 @@ impl FixedBudget for MomentumPgd {
 }
 /// The registry line.
 pub const ENTRY: Entry = Entry {
-    name: "mi-fgsm",
+    name: "momentum-pgd",
     kind: Kind::FixedBudget,
-    summary: "momentum iterative FGSM (Dong et al. 2018), defined in a test crate",
+    summary: "momentum iterative FGSM (Dong et al. 2018), defined in a test crate (the built-in mi-fgsm, written again from the public pieces)",
     norms: ALL_NORMS,
     defaults: || serde_json::to_value(Params::default()).unwrap_or_default(),
-    build: |budget, p| Ok(Box::new(MomentumPgd::new(budget, typed("mi-fgsm", p)?)?)),
+    build: |budget, p| Ok(Box::new(MomentumPgd::new(budget, typed("momentum-pgd", p)?)?)),
 };
