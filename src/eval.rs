@@ -18,8 +18,10 @@ use crate::Attack;
 
 mod progress;
 mod sweep;
+mod transfer;
 
 pub use progress::Progress;
+pub use transfer::{transfer, TransferCell, TransferMatrix};
 
 /// Predicted class of every sample of `images`, in batches of `batch_size`.
 ///

@@ -1,9 +1,10 @@
 //! Writing results: JSON and CSV reports, a PNG accuracy-vs-ε curve, a PNG grid of clean /
-//! perturbation / adversarial images, and the adversarial batch as safetensors.
+//! perturbation / adversarial images, a PNG heat map (the transfer matrix), and the adversarial
+//! batch as safetensors.
 //!
-//! The PNG functions ([`plot_curve`], [`plot_lines`], [`image_grid`] and their types) need the
-//! `plot` feature, which the default `cli` feature enables; JSON, CSV and safetensors output are
-//! always there.
+//! The PNG functions ([`plot_curve`], [`plot_lines`], [`image_grid`], [`plot_heatmap`] and their
+//! types) need the `plot` feature, which the default `cli` feature enables; JSON, CSV and
+//! safetensors output are always there.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,10 +18,14 @@ use crate::metrics::Report;
 mod atomic;
 mod ci;
 #[cfg(feature = "plot")]
+mod heatmap;
+#[cfg(feature = "plot")]
 mod plot;
 
 pub(crate) use atomic::write_atomic;
 pub use ci::{junit, markdown, write_junit, write_markdown};
+#[cfg(feature = "plot")]
+pub use heatmap::plot_heatmap;
 #[cfg(feature = "plot")]
 pub use plot::{grid_size, image_grid, plot_curve, plot_lines, GridRow, Line, CURVE_SIZE};
 

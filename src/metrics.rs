@@ -22,12 +22,14 @@ mod baseline;
 mod gate;
 mod interval;
 mod masking;
+mod minimal;
 mod per_sample;
 
 pub use baseline::BaselineCheck;
 pub use gate::{GateOutcome, ThresholdCheck, Verdict};
 pub use interval::{Interval, IntervalMethod, IntervalSpec};
 pub use masking::{masking_warnings, ENSEMBLE_GAP};
+pub use minimal::MinimalNorms;
 pub use per_sample::PerSample;
 
 /// Version of the JSON schema of [`Report`] and [`Sweep`]. Version 1 is described field by field

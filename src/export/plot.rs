@@ -14,9 +14,9 @@ use crate::metrics::Sweep;
 
 /// Font used for all text in plots (DejaVu Sans Mono, see `assets/fonts/DejaVu-LICENSE.txt`).
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-const FAMILY: &str = "sans-serif";
+pub(super) const FAMILY: &str = "sans-serif";
 
-fn register_font() {
+pub(super) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in and known to parse; a failure would only lose the text.
@@ -25,7 +25,7 @@ fn register_font() {
 }
 
 /// Save an RGB buffer of `width × height` as PNG.
-fn save_rgb(buf: Vec<u8>, width: u32, height: u32, path: &Path) -> Result<()> {
+pub(super) fn save_rgb(buf: Vec<u8>, width: u32, height: u32, path: &Path) -> Result<()> {
     let img = image::RgbImage::from_raw(width, height, buf)
         .ok_or_else(|| io_error(path, "image buffer of the wrong size"))?;
     img.save_with_format(path, image::ImageFormat::Png)

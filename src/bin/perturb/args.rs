@@ -57,13 +57,17 @@ pub enum Command {
     Gate(GateArgs),
     /// Universal adversarial patches: train one, measure a saved one, paste it on images.
     Patch(crate::patch::PatchArgs),
+    /// Craft adversarial examples on one model (--model or --source) and judge them with others:
+    /// the transfer matrix, one row per attack, one column per model.
+    Transfer(TransferArgs),
 }
 
 /// Model, data and device.
 #[derive(Args, Debug)]
 pub struct Common {
-    /// A shipped model name (see `perturb models`) or a path to safetensors weights.
-    #[arg(long)]
+    /// A shipped model name (see `perturb models`) or a path to safetensors weights (`transfer`
+    /// also calls it --source).
+    #[arg(long, alias = "source")]
     pub model: String,
     /// Architecture of weights given by path: mnist-linear, small-cnn or efficientnet-lite0.
     #[arg(long)]
@@ -95,7 +99,7 @@ pub struct Common {
 }
 
 /// Attack parameters shared by `attack`, `eval` and `gate` (ε aside).
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct Spec {
     /// Norm of the budget: linf (inf), l2 (2) or l1 (1).
     #[arg(long)]
@@ -271,6 +275,39 @@ pub struct EvalArgs {
     /// Write the sweep's reports as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Instead of the fixed-ε sweep: comma-separated minimum-norm attacks (cw, deepfool, ddn,
+    /// fab-t), each run once at a radius that never binds. Prints the median and mean distance
+    /// found and robust accuracy at every --eps from that one run; --plot draws robust accuracy
+    /// against ε (the distances' CDF); --json writes the distances per sample.
+    #[arg(long, value_name = "ATTACKS", conflicts_with_all = ["attacks", "suite", "csv"])]
+    pub minimal: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Comma-separated models that judge the examples: shipped names, or PATH:ARCH for
+    /// safetensors weights (`my.safetensors:small-cnn`).
+    #[arg(long)]
+    pub targets: String,
+    /// Comma-separated attacks crafted on the source model.
+    #[arg(long, default_value = "fgsm,pgd,mi-fgsm")]
+    pub attacks: String,
+    /// Radius of every attack's budget, a number or a fraction such as 8/255.
+    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
+    pub eps: f32,
+    #[command(flatten)]
+    pub spec: Spec,
+    /// Write the matrix as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the matrix as CSV, one line per cell.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write the transfer rates as a PNG heat map.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

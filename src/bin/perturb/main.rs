@@ -14,8 +14,10 @@ macro_rules! out {
 }
 
 mod args;
+mod minimal;
 mod outputs;
 mod patch;
+mod transfer;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -97,6 +99,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Eval(e) => eval(e),
         Command::Gate(g) => gate(g),
         Command::Patch(p) => patch::run(p),
+        Command::Transfer(t) => transfer::run(t),
     }
 }
 
@@ -365,6 +368,9 @@ fn grid(x: &Tensor, x_adv: &Tensor, o: &perturb::metrics::Outcome, path: &Path) 
 }
 
 fn eval(e: EvalArgs) -> Result<ExitCode> {
+    if let Some(list) = &e.minimal {
+        return minimal::run(&e, list);
+    }
     outputs::check(&outputs::of(&[
         ("--plot", &e.plot, true),
         ("--json", &e.json, true),
