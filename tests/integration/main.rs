@@ -32,3 +32,6 @@ mod patch;
 mod properties;
 mod registry;
 mod square;
+mod transfer;
+#[cfg(feature = "cli")]
+mod transfer_cli;
