@@ -493,7 +493,7 @@ mod bad_arguments {
                 "--eps",
                 "0.1",
                 "--attack",
-                "cw",
+                "jsma",
             ],
             "unknown attack",
         );
