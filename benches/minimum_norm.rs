@@ -31,7 +31,10 @@ fn plain(c: &mut Criterion) {
         .c(1.0)
         .check_gradient(false);
     let ddn = Ddn::new().check_gradient(false);
-    let fab = Fab::new(Norm::L2).steps(20).targets(3).check_gradient(false);
+    let fab = Fab::new(Norm::L2)
+        .steps(20)
+        .targets(3)
+        .check_gradient(false);
     for name in ["mnist-cnn", "mnist-cnn-robust"] {
         let model = zoo::load(name, &dev).expect("model");
         let n = 32;

@@ -4,7 +4,8 @@ use candle_core::{DType, Tensor};
 
 use super::apgd::ranked_targets;
 use super::batch::{check_count, check_fraction, Batch, CleanLogits};
-use super::rows::{scatter_rows, take_rows};
+use super::minimal::{finish_minimal, host_tensor};
+use super::rows::take_rows;
 use super::{Adversarial, MinimumNorm};
 use crate::budget::{Budget, Norm};
 use crate::error::{Error, Result};
@@ -337,7 +338,7 @@ impl MinimumNorm for Fab {
             for _ in 0..p.steps {
                 let mut sub_dims = dims.clone();
                 sub_dims[0] = m;
-                let cur_t = to_tensor(&cur, &sub_dims, &dev)?;
+                let cur_t = host_tensor(&cur, &sub_dims, &dev)?;
                 let lg = batch.logit_difference_and_grad(model, &cur_t, &plus, &minus)?;
                 let f: Vec<f32> = lg.loss.to_dtype(DType::F32)?.to_vec1()?;
                 let g: Vec<f32> = lg.grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -379,7 +380,7 @@ impl MinimumNorm for Fab {
                 for v in next.iter_mut() {
                     *v = f64::from(*v as f32);
                 }
-                let next_t = to_tensor(&next, &sub_dims, &dev)?;
+                let next_t = host_tensor(&next, &sub_dims, &dev)?;
                 let pred = predictions(&batch.logits(model, &next_t, &judge)?)?;
                 for j in 0..m {
                     let i = rows[j] as usize;
@@ -403,18 +404,8 @@ impl MinimumNorm for Fab {
             }
         }
         let best_x = self.bisect(model, &mut batch, &labels, &x0, best_x, &best, &dims)?;
-        let x_adv = Tensor::from_vec(best_x, dims.as_slice(), &dev)?.to_dtype(x.dtype())?;
-        let found: Vec<u32> = (0..n as u32)
-            .filter(|&i| best[i as usize].is_finite())
-            .collect();
-        let x_adv = scatter_rows(x, &found, &take_rows(&x_adv, &found)?)?;
-        let mut adv = batch.finish_norm(model, self.norm, x_adv, None)?;
-        for (i, norm) in adv.norms.iter_mut().enumerate() {
-            if !adv.success[i] {
-                *norm = f32::INFINITY;
-            }
-        }
-        Ok(adv)
+        let found: Vec<bool> = best.iter().map(|b| b.is_finite()).collect();
+        finish_minimal(batch, model, self.norm, best_x, &found)
     }
 }
 
@@ -475,9 +466,4 @@ impl Fab {
         }
         Ok(best_x)
     }
-}
-
-fn to_tensor(v: &[f64], dims: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
-    let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    Ok(Tensor::from_vec(v32, dims, dev)?)
 }

@@ -59,7 +59,7 @@ pub enum Command {
     Patch(crate::patch::PatchArgs),
     /// Craft adversarial examples on one model (--model or --source) and judge them with others:
     /// the transfer matrix, one row per attack, one column per model.
-    Transfer(TransferArgs),
+    Transfer(crate::transfer::TransferArgs),
 }
 
 /// Model, data and device.
@@ -281,33 +281,6 @@ pub struct EvalArgs {
     /// against ε (the distances' CDF); --json writes the distances per sample.
     #[arg(long, value_name = "ATTACKS", conflicts_with_all = ["attacks", "suite", "csv"])]
     pub minimal: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct TransferArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Comma-separated models that judge the examples: shipped names, or PATH:ARCH for
-    /// safetensors weights (`my.safetensors:small-cnn`).
-    #[arg(long)]
-    pub targets: String,
-    /// Comma-separated attacks crafted on the source model.
-    #[arg(long, default_value = "fgsm,pgd,mi-fgsm")]
-    pub attacks: String,
-    /// Radius of every attack's budget, a number or a fraction such as 8/255.
-    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
-    pub eps: f32,
-    #[command(flatten)]
-    pub spec: Spec,
-    /// Write the matrix as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write the matrix as CSV, one line per cell.
-    #[arg(long)]
-    pub csv: Option<PathBuf>,
-    /// Write the transfer rates as a PNG heat map.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,15 +1,44 @@
 //! `perturb transfer`: attacks crafted on a source model, judged by target models.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use perturb::attack::FixedBudget;
 use perturb::eval::transfer;
 use perturb::metrics::IntervalSpec;
 use perturb::{export, zoo, Classifier};
 
-use crate::args::{Scope, TransferArgs};
+use crate::args::{parse_number, Common, Scope, Spec};
 use crate::{evaluator, outputs};
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Comma-separated models that judge the examples: shipped names, or PATH:ARCH for
+    /// safetensors weights (`my.safetensors:small-cnn`).
+    #[arg(long)]
+    pub targets: String,
+    /// Comma-separated attacks crafted on the source model.
+    #[arg(long, default_value = "fgsm,pgd,mi-fgsm")]
+    pub attacks: String,
+    /// Radius of every attack's budget, a number or a fraction such as 8/255.
+    #[arg(long, value_parser = parse_number, allow_negative_numbers = true)]
+    pub eps: f32,
+    #[command(flatten)]
+    pub spec: Spec,
+    /// Write the matrix as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the matrix as CSV, one line per cell.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write the transfer rates as a PNG heat map.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
 
 pub fn run(t: TransferArgs) -> Result<ExitCode> {
     outputs::check(&outputs::of(&[
