@@ -20,6 +20,7 @@
 
 mod idx;
 mod image;
+mod verify;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 
 pub use idx::{images_to_tensor, labels_to_tensor, read_idx, IdxArray};
 pub use image::{load_image, load_photo, sample_photo, save_png, Fit, SAMPLE_PHOTOS};
+pub use verify::{verify, FileCheck, FileStatus};
 
 /// File names of the four MNIST files, in the order train images, train labels, test images,
 /// test labels (the official names, without the `.gz` that the vendored copies carry).

@@ -104,7 +104,9 @@ mod vendored {
             listed.push(name.to_string());
         }
         listed.sort();
+        // the four data files, and the README that says where they come from
         let mut expected: Vec<String> = MNIST_FILES.iter().map(|n| format!("{n}.gz")).collect();
+        expected.push("README.md".into());
         expected.sort();
         assert_eq!(listed, expected);
         Ok(())

@@ -35,3 +35,5 @@ mod square;
 mod transfer;
 #[cfg(feature = "cli")]
 mod transfer_cli;
+#[cfg(feature = "cli")]
+mod verify;

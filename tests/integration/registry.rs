@@ -360,3 +360,65 @@ fn an_attack_from_outside_the_crate_runs_through_spec_files_and_the_evaluator() 
         sweep.reports[5].robust_correct
     );
 }
+
+/// Attacks and models are shared across threads: every registered attack run from 4 threads at
+/// once gives the bits of 4 runs one after the other (on a linear model, where the defaults are
+/// cheap), and so does PGD on a shipped CNN, whose kernels split work across threads.
+#[test]
+fn four_threads_at_once_give_the_serial_results_bit_for_bit() {
+    fn check(
+        attack: &dyn FixedBudget,
+        model: &(dyn perturb::Classifier + Sync),
+        x: &Tensor,
+        y: &Tensor,
+    ) {
+        let goal = Goal::untargeted(y);
+        let serial: Vec<Vec<f32>> = (0..4)
+            .map(|_| host(&attack.run(model, x, &goal).unwrap().x_adv))
+            .collect();
+        let parallel: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| host(&attack.run(model, x, &goal).unwrap().x_adv)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            serial,
+            parallel,
+            "{} ({})",
+            attack.name(),
+            attack.budget().norm()
+        );
+    }
+    let linear = LinearModel::random(3, 4, 16);
+    let (x, y) = batch(5, 4);
+    for attack in attacks([0.1, 1.0, 8.0], 11) {
+        check(attack.as_ref(), &linear, &x, &y);
+    }
+    let cnn = perturb::zoo::load("mnist-cnn", &Device::Cpu).unwrap();
+    let (images, labels) = perturb::data::Mnist::load_test_default(&Device::Cpu).unwrap();
+    let (x, y) = (
+        images.narrow(0, 0, 8).unwrap(),
+        labels.narrow(0, 0, 8).unwrap(),
+    );
+    let pgd = perturb::Pgd::new(perturb::Budget::linf(0.1).unwrap())
+        .steps(5)
+        .seed(2);
+    check(&pgd, &cnn, &x, &y);
+}
+
+/// An empty batch is the same clear error for every attack, before any compute.
+#[test]
+fn an_empty_batch_is_the_same_typed_error_for_every_attack() {
+    let model = LinearModel::random(1, 3, 16);
+    let x = Tensor::zeros((0, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = Tensor::zeros(0, candle_core::DType::U32, &Device::Cpu).unwrap();
+    for attack in attacks([0.1, 1.0, 8.0], 0) {
+        match attack.run(&model, &x, &Goal::untargeted(&y)) {
+            Err(Error::ShapeMismatch {
+                what: "input", got, ..
+            }) => assert_eq!(got, [0, 1, 4, 4]),
+            other => panic!("{}: {other:?}", attack.name()),
+        }
+    }
+}

@@ -46,6 +46,13 @@ pub struct Cli {
 pub enum Command {
     /// List the shipped models, their clean accuracy and whether their checksum verifies.
     Models,
+    /// Check every file of models/, data/ and assets/ (under PERTURB_HOME or the checkout)
+    /// against the manifests compiled into perturb; exit 1 naming each file that differs.
+    Verify {
+        /// Also write every file's status as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// List the attacks, their kind and their parameters with defaults (for --param).
     Attacks,
     /// Attack a model on test images and report clean and robust accuracy.

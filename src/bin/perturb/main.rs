@@ -94,6 +94,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Models => models(),
+        Command::Verify { json } => verify(json.as_deref()),
         Command::Attacks => attacks(),
         Command::Attack(a) => attack(a),
         Command::Eval(e) => eval(e),
@@ -141,6 +142,43 @@ fn models() -> Result<ExitCode> {
 }
 
 /// Every registered attack with its kind, summary and parameters' defaults.
+fn verify(json: Option<&Path>) -> Result<ExitCode> {
+    use perturb::data::FileStatus;
+    let home = perturb::data::home();
+    let checks = perturb::data::verify(&home)?;
+    let mut differ = 0;
+    for c in &checks {
+        let what = match &c.status {
+            FileStatus::Ok => continue,
+            FileStatus::Modified { expected, got } => {
+                format!("MODIFIED (sha256 {got}, pinned {expected})")
+            }
+            FileStatus::Missing => "MISSING".to_string(),
+            FileStatus::Unlisted => "UNLISTED (no manifest pins it)".to_string(),
+        };
+        differ += 1;
+        out!("{}: {what}", c.path.display());
+    }
+    if let Some(path) = json {
+        export::write_json(&checks, path)?;
+    }
+    out!(
+        "{} files under {}: {}",
+        checks.len(),
+        home.display(),
+        if differ == 0 {
+            "all match their manifests".to_string()
+        } else {
+            format!("{differ} differ")
+        }
+    );
+    Ok(if differ == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn attacks() -> Result<ExitCode> {
     for e in Registry::builtin().entries() {
         let norms: Vec<String> = e.norms.iter().map(|n| n.to_string()).collect();
