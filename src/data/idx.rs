@@ -29,6 +29,12 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const TYPE_U8: u8 = 0x08;
 /// Payload bytes reserved up front at most, so a lying header cannot force a huge allocation.
 const MAX_RESERVE: usize = 64 << 20;
+/// Largest payload an IDX file may declare (1 GiB; MNIST's largest is 47 MB): a header that
+/// declares more is refused before anything is read, and a gzip stream cannot inflate past it.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+/// Trailing bytes read past the payload before the file is refused: enough to tell, without
+/// inflating a gzip bomb to its end.
+const TRAILING_PROBE: u64 = 1 << 20;
 
 /// An IDX array of unsigned bytes: its dimensions and its elements in row-major order.
 ///
@@ -75,15 +81,18 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let n = read_up_to(&mut file, &mut prefix).map_err(io_err)?;
     let stream = Cursor::new(prefix[..n].to_vec()).chain(file);
     if prefix[..n] == GZIP_MAGIC {
-        parse(MultiGzDecoder::new(stream), path, true)
+        parse(MultiGzDecoder::new(stream), path, None)
     } else {
-        parse(stream, path, false)
+        let size = std::fs::metadata(path).map_err(io_err)?.len();
+        parse(stream, path, Some(size))
     }
 }
 
-/// Parse an IDX stream (already decompressed); `path` names it in errors, `gzip` says whether
-/// read errors come from the decompressor (then they mean a corrupt file).
-fn parse(mut r: impl Read, path: &Path, gzip: bool) -> Result<IdxArray> {
+/// Parse an IDX stream (already decompressed); `path` names it in errors. `size` is the file's
+/// length for a raw file (the declared payload is checked against it before anything is
+/// allocated) and `None` for a gzip stream, whose read errors then mean a corrupt file.
+fn parse(mut r: impl Read, path: &Path, size: Option<u64>) -> Result<IdxArray> {
+    let gzip = size.is_none();
     let read_err = |source: io::Error| {
         if gzip {
             data_err(path, format!("bad gzip stream: {source}"))
@@ -131,6 +140,20 @@ fn parse(mut r: impl Read, path: &Path, gzip: bool) -> Result<IdxArray> {
         .and_then(|l| l.checked_add(header))
         .ok_or_else(overflow)?;
 
+    if expected - header > MAX_IDX_BYTES {
+        return Err(data_err(
+            path,
+            format!(
+                "dimensions {dims:?} declare {} bytes, more than the {MAX_IDX_BYTES}-byte limit",
+                expected - header
+            ),
+        ));
+    }
+    if let Some(size) = size {
+        if size < expected {
+            return Err(truncated(expected, size));
+        }
+    }
     let mut data = Vec::with_capacity(len.min(MAX_RESERVE));
     (&mut r)
         .take(expected - header)
@@ -139,15 +162,21 @@ fn parse(mut r: impl Read, path: &Path, gzip: bool) -> Result<IdxArray> {
     if data.len() < len {
         return Err(truncated(expected, header + data.len() as u64));
     }
-    // Read to the end: this finds trailing bytes and makes gzip verify its checksum.
-    let extra = io::copy(&mut r, &mut io::sink()).map_err(read_err)?;
+    // Read to the end: this finds trailing bytes and makes gzip verify its checksum; a stream
+    // that goes on past the probe is refused without inflating it further.
+    let extra = io::copy(&mut (&mut r).take(TRAILING_PROBE), &mut io::sink()).map_err(read_err)?;
     if extra > 0 {
+        let count = if extra == TRAILING_PROBE {
+            format!("more than {}", TRAILING_PROBE - 1)
+        } else {
+            extra.to_string()
+        };
         return Err(data_err(
             path,
             format!(
-                "{extra} trailing bytes after the {len}-byte payload of dimensions {dims:?} \
-                 ({} bytes in all, header included)",
-                expected + extra
+                "{count} trailing bytes after the {len}-byte payload of dimensions {dims:?} \
+                 ({} bytes of header and payload)",
+                expected
             ),
         ));
     }
@@ -251,7 +280,7 @@ mod tests {
     use super::*;
 
     fn parse_bytes(bytes: &[u8]) -> Result<IdxArray> {
-        parse(bytes, Path::new("mem"), false)
+        parse(bytes, Path::new("mem"), Some(bytes.len() as u64))
     }
 
     #[test]

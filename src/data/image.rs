@@ -7,6 +7,33 @@ use image::{imageops::FilterType, DynamicImage, GrayImage, RgbImage};
 
 use crate::error::{Error, Result};
 
+/// Largest side of an image perturb decodes, in pixels: a file that declares more is refused
+/// before its pixels are allocated (a decompression bomb is a few bytes of PNG).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Most bytes the decoder may allocate for one image (512 MiB).
+pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+
+/// Decode an image file's bytes within [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_ALLOC`].
+fn decode(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+    let data_err = |e: image::ImageError| Error::Data {
+        file: path.to_path_buf(),
+        reason: format!("not a readable image: {e}"),
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    reader.limits(limits);
+    reader.decode().map_err(data_err)
+}
+
 /// Load an image file as a `[channels, height, width]` `f32` tensor in `[0, 1]`, converted to
 /// grey (`channels = 1`) or RGB (`channels = 3`) and resized (Lanczos) to `height × width` when
 /// its size differs.
@@ -33,10 +60,7 @@ pub fn load_image(
         file: path.to_path_buf(),
         source,
     })?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Data {
-        file: path.to_path_buf(),
-        reason: format!("not a readable image: {e}"),
-    })?;
+    let img = decode(&bytes, path)?;
     let (w, h) = (width as u32, height as u32);
     let img = if img.width() != w || img.height() != h {
         img.resize_exact(w, h, FilterType::Lanczos3)
@@ -160,8 +184,7 @@ pub fn load_photo(
         file: path.to_path_buf(),
         reason,
     };
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| data_err(format!("not a readable image: {e}")))?;
+    let img = decode(&bytes, path)?;
     let rgb = match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         DynamicImage::ImageRgba8(_) => img.to_rgb8(), // alpha dropped

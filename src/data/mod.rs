@@ -29,8 +29,11 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
-pub use idx::{images_to_tensor, labels_to_tensor, read_idx, IdxArray};
-pub use image::{load_image, load_photo, sample_photo, save_png, Fit, SAMPLE_PHOTOS};
+pub use idx::{images_to_tensor, labels_to_tensor, read_idx, IdxArray, MAX_IDX_BYTES};
+pub use image::{
+    load_image, load_photo, sample_photo, save_png, Fit, MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE,
+    SAMPLE_PHOTOS,
+};
 pub use verify::{verify, FileCheck, FileStatus};
 
 /// File names of the four MNIST files, in the order train images, train labels, test images,

@@ -273,8 +273,12 @@ mod malformed {
         // 2^96-ish elements: the product overflows.
         let err = read(&tmp, "o", &idx(&[max, max, max], &[])).unwrap_err();
         assert!(matches!(err, Error::Data { .. }), "{err}");
-        // A product that fits but is absurd for the file: truncated, without allocating it.
+        // A product that fits but is above the 1 GiB limit: refused from the header alone.
         let err = read(&tmp, "o", &idx(&[max, max], &[1, 2])).unwrap_err();
+        assert!(matches!(err, Error::Data { .. }), "{err}");
+        assert!(err.to_string().contains("limit"), "{err}");
+        // Within the limit but more than the file holds: truncated, without allocating it.
+        let err = read(&tmp, "o", &idx(&[1000, 1000], &[1, 2])).unwrap_err();
         assert!(
             matches!(err, Error::Truncated { got_bytes: 14, .. }),
             "{err}"

@@ -6,6 +6,7 @@ mod common;
 
 mod apgd;
 mod attacks;
+mod bombs;
 mod budgets;
 // The binary's tests need it built: the `cli` feature (on by default).
 #[cfg(feature = "cli")]
