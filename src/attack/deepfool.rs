@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::apgd::ranked_targets;
 use super::batch::{check_count, check_positive, Batch, CleanLogits};
-use super::minimal::{finish_minimal, host_rows, host_tensor, untargeted, with_rows};
+use super::minimal::{finish_minimal, host_rows, host_tensor, sign, untargeted, with_rows};
 use super::rows::take_rows;
 use super::{Adversarial, MinimumNorm};
 use crate::budget::{Budget, Norm};
@@ -177,16 +177,6 @@ impl DeepFool {
             Norm::Linf => ws[l].iter().map(|v| reach / size * sign(*v)).collect(),
             _ => ws[l].iter().map(|v| reach / (size * size) * v).collect(),
         })
-    }
-}
-
-fn sign(v: f64) -> f64 {
-    if v > 0.0 {
-        1.0
-    } else if v < 0.0 {
-        -1.0
-    } else {
-        0.0
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::{DType, Tensor};
 
 use super::apgd::ranked_targets;
 use super::batch::{check_count, check_fraction, Batch, CleanLogits};
-use super::minimal::{finish_minimal, host_tensor};
+use super::minimal::{finish_minimal, host_tensor, sign};
 use super::rows::take_rows;
 use super::{Adversarial, MinimumNorm};
 use crate::budget::{Budget, Norm};
@@ -175,19 +175,7 @@ impl Fab {
         }
         let s = r.signum();
         // per coordinate: the direction that raises s·g·δ, and the room the box leaves that way
-        let dir: Vec<f64> = g
-            .iter()
-            .map(|gi| {
-                let v = gi * s;
-                if v > 0.0 {
-                    1.0
-                } else if v < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let dir: Vec<f64> = g.iter().map(|gi| sign(gi * s)).collect();
         let room: Vec<f64> = (0..d)
             .map(|i| match dir[i] {
                 x if x > 0.0 => b[i].max(0.0),

@@ -20,6 +20,18 @@ pub(crate) fn host_tensor(v: &[f64], dims: &[usize], dev: &Device) -> Result<Ten
     Ok(Tensor::from_vec(v32, dims, dev)?)
 }
 
+/// The sign of `v`, 0 for 0 (`f64::signum` gives ±1 there): a coordinate with no gradient does
+/// not move.
+pub(crate) fn sign(v: f64) -> f64 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
 /// `dims` with the batch dimension set to `m`.
 pub(crate) fn with_rows(dims: &[usize], m: usize) -> Vec<usize> {
     let mut d = dims.to_vec();

@@ -120,10 +120,17 @@ pub fn transfer(
     let n = labels.len();
     let mut judges: Vec<&dyn Classifier> = vec![source.model];
     judges.extend(targets.iter().map(|(_, m)| *m));
-    let clean: Vec<Vec<u32>> = judges
-        .iter()
-        .map(|m| predict(*m, source.images, source.batch_size))
-        .collect::<Result<_>>()?;
+    // per model, the samples it classifies correctly when clean (the source's predictions are
+    // the evaluator's own, computed once)
+    let mut correct: Vec<Vec<usize>> = Vec::with_capacity(judges.len());
+    for (j, judge) in judges.iter().enumerate() {
+        let clean = if j == 0 {
+            source.clean_predictions()?.to_vec()
+        } else {
+            predict(*judge, source.images, source.batch_size)?
+        };
+        correct.push((0..n).filter(|&i| clean[i] == labels[i]).collect());
+    }
     let mut cells = Vec::new();
     let mut infos = Vec::new();
     for attack in attacks {
@@ -131,7 +138,7 @@ pub fn transfer(
         infos.push(run.report.attack.clone());
         for (j, judge) in judges.iter().enumerate() {
             let adv = predict(*judge, &run.x_adv, source.batch_size)?;
-            let correct: Vec<usize> = (0..n).filter(|&i| clean[j][i] == labels[i]).collect();
+            let correct = &correct[j];
             let fooled = correct.iter().filter(|&&i| adv[i] != labels[i]).count();
             let robust = correct.len() - fooled;
             cells.push(TransferCell {

@@ -9,14 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::Device;
+use crate::common::peak_rss_kib;
 
-/// Peak resident set size of this process, in KiB (Linux).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+use candle_core::Device;
 
 #[test]
 #[ignore = "helper run in a child process by every_bomb_is_a_typed_error_in_bounded_memory"]

@@ -7,16 +7,11 @@
 
 use std::process::Command;
 
+use crate::common::peak_rss_kib;
+
 use candle_core::Device;
 use perturb::data::Mnist;
 use perturb::{zoo, Attack, Budget, Goal, Pgd};
-
-/// Peak resident set size of this process, in KiB (Linux).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
 #[test]
 #[ignore = "helper run in a child process by pgd_memory_is_flat_in_the_number_of_steps"]

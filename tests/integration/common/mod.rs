@@ -114,3 +114,11 @@ impl Module for SmallCnn {
 pub fn host(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
+
+/// Peak resident set size of this process, in KiB (Linux): what the child processes of the
+/// memory and bomb tests report.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
