@@ -98,9 +98,11 @@ pub enum Error {
     },
     /// The model's logits are NaN or infinite: no verdict (fooled or robust) can be read from
     /// them.
-    #[error("the model's outputs are not finite (NaN or infinite logits) on samples {samples:?} of the batch")]
+    #[error("the model's outputs are not finite (NaN or infinite logits) on samples {samples:?}")]
     NonFiniteLogits {
-        /// Indices in the batch of the samples concerned (the first 10).
+        /// The samples concerned (the first 10): positions in the batch given to an attack or a
+        /// model check; positions in the data set when the error comes through an
+        /// [`Evaluator`](crate::eval::Evaluator).
         samples: Vec<usize>,
     },
     /// A loss needs more classes than the model has.
@@ -250,6 +252,22 @@ pub enum Error {
     BaselineMismatch {
         /// What differs.
         reason: String,
+    },
+    /// An evaluation would not fit in the memory available to this process
+    /// ([`MemoryPlan`](crate::eval::MemoryPlan)): refused before anything is allocated.
+    #[error(
+        "{what} need about {} of memory, but {} is available \
+         (a smaller batch size or fewer samples fit; PERTURB_MEMORY_LIMIT sets the figure)",
+        crate::eval::human_bytes(*needed),
+        crate::eval::human_bytes(*available)
+    )]
+    InsufficientMemory {
+        /// The request, in words.
+        what: String,
+        /// Bytes it needs (an estimate, see [`MemoryPlan`](crate::eval::MemoryPlan)).
+        needed: u64,
+        /// Bytes available.
+        available: u64,
     },
     /// A model's robust accuracy fell below the required minimum ([`assert_robust`]).
     ///

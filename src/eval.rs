@@ -16,10 +16,12 @@ use crate::metrics::{
 use crate::model::{checked_logits, predictions, Classifier};
 use crate::Attack;
 
+mod memory;
 mod progress;
 mod sweep;
 mod transfer;
 
+pub use memory::{available, human_bytes, parse_bytes, MemoryPlan, DATA_COPIES, MEMORY_LIMIT_VAR};
 pub use progress::Progress;
 pub use transfer::{transfer, TransferCell, TransferMatrix};
 
@@ -30,7 +32,14 @@ pub use transfer::{transfer, TransferCell, TransferMatrix};
 pub fn predict(model: &dyn Classifier, images: &Tensor, batch_size: usize) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(images.dim(0)?);
     for r in batches(images.dim(0)?, batch_size)? {
-        let logits = checked_logits(model, &images.narrow(0, r.start, r.len())?)?;
+        let logits =
+            checked_logits(model, &images.narrow(0, r.start, r.len())?).map_err(|e| match e {
+                // positions in `images`, not in the batch
+                Error::NonFiniteLogits { samples } => Error::NonFiniteLogits {
+                    samples: samples.into_iter().map(|i| r.start + i).collect(),
+                },
+                e => e,
+            })?;
         out.extend(predictions(&logits)?);
     }
     Ok(out)
@@ -264,7 +273,29 @@ impl<'a> Evaluator<'a> {
         if let Some(p) = self.clean.get() {
             return Ok(p);
         }
-        let p = predict(self.model, self.images, self.batch_size)?;
+        let mut p = Vec::with_capacity(self.labels.len());
+        // every batch is judged before a non-finite sample is reported, so that the error
+        // names the first ones of the data set, not of the first bad batch
+        let mut non_finite = Vec::new();
+        for r in batches(self.labels.len(), self.batch_size)? {
+            let x = self.images.narrow(0, r.start, r.len())?;
+            match checked_logits(self.model, &x) {
+                Ok(logits) => p.extend(predictions(&logits)?),
+                Err(e @ Error::NonFiniteLogits { .. }) => {
+                    if let Error::NonFiniteLogits { samples } = self.in_data_set(e, |i| r.start + i)
+                    {
+                        non_finite.extend(samples);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !non_finite.is_empty() {
+            non_finite.truncate(10);
+            return Err(Error::NonFiniteLogits {
+                samples: non_finite,
+            });
+        }
         Ok(self.clean.get_or_init(|| p))
     }
 
@@ -310,7 +341,9 @@ impl<'a> Evaluator<'a> {
                     None => Goal::untargeted(&yi),
                     Some(t) => Goal::targeted_with_labels(&Tensor::full(t, idx.len(), dev)?, &yi),
                 };
-                let adv = attack.run(self.model, &xi, &goal)?;
+                let adv = attack
+                    .run(self.model, &xi, &goal)
+                    .map_err(|e| self.in_data_set(e, |k| r.start + idx[k] as usize))?;
                 gradient_evals += adv.gradient_evals as u64;
                 forward_evals += adv.forward_evals as u64;
                 // Rows of [x; adv.x_adv]: clean rows stay, attacked rows are copied exactly.
@@ -407,6 +440,27 @@ impl<'a> Evaluator<'a> {
             outcome: out,
             x_adv,
         })
+    }
+
+    /// A [`Error::NonFiniteLogits`] from one batch, its samples renamed from positions in that
+    /// batch (`at` maps them to positions in `images`) to positions in the data set
+    /// ([`Evaluator::sample_indices`]), so that the message names the samples a user can find.
+    fn in_data_set(&self, e: Error, at: impl Fn(usize) -> usize) -> Error {
+        match e {
+            Error::NonFiniteLogits { samples } => Error::NonFiniteLogits {
+                samples: samples
+                    .into_iter()
+                    .map(|i| {
+                        let i = at(i);
+                        self.sample_indices
+                            .as_ref()
+                            .and_then(|s| s.get(i).copied())
+                            .unwrap_or(i)
+                    })
+                    .collect(),
+            },
+            e => e,
+        }
     }
 
     fn report_progress(&self, label: &str, done: usize, total: usize) {

@@ -1,7 +1,7 @@
 //! Files built to exhaust memory get a typed error in bounded memory: an image declaring
 //! 100,000 × 100,000 pixels in a few bytes of PNG, an IDX file declaring a terabyte, a raw IDX
 //! file declaring more than it holds, a gzip'd IDX file that inflates to 512 MiB past its payload,
-//! and a safetensors file declaring a terabyte of header. Each loads in a fresh child process
+//! a safetensors file declaring a terabyte of header, and a batch of ten million digits. Each loads in a fresh child process
 //! (this test binary, re-run on the ignored helper), which reports its error and its peak
 //! resident set size; the bound is 1 GiB.
 
@@ -36,6 +36,13 @@ fn child_loads_a_bomb() {
             &Device::Cpu,
         )
         .map(|_| ()),
+        // a batch no machine holds: 10 million MNIST digits at once through the shipped CNN,
+        // refused from the plan before a byte of it is allocated
+        "batch" => perturb::zoo::load(&path, &Device::Cpu).and_then(|m| {
+            m.arch()
+                .memory_plan(10_000_000, 10_000_000)
+                .check_available()
+        }),
         other => panic!("unknown bomb {other}"),
     }
     .expect_err("the bomb must be refused");
@@ -112,13 +119,15 @@ fn every_bomb_is_a_typed_error_in_bounded_memory() {
     let mut st = (1u64 << 40).to_le_bytes().to_vec();
     st.extend_from_slice(b"{}");
     std::fs::write(&weights, st).unwrap();
-    let cases: [(&str, &Path, &str); 6] = [
+    let shipped = Path::new("mnist-cnn");
+    let cases: [(&str, &Path, &str); 7] = [
         ("image", &png, "Data"),
         ("photo", &png, "Data"),
         ("idx", &tera, "more than the 1073741824-byte limit"),
         ("idx", &liar, "Truncated"),
         ("idx", &inflating, "trailing bytes"),
         ("weights", &weights, "header"),
+        ("batch", shipped, "InsufficientMemory"),
     ];
     for (kind, path, needle) in cases {
         let out = Command::new(std::env::current_exe().unwrap())

@@ -24,9 +24,12 @@ mod gradcheck;
 mod gradients;
 #[cfg(feature = "cli")]
 mod home;
+#[cfg(feature = "cli")]
+mod hostile_cli;
 mod imagenet;
 mod memory;
 mod metrics;
+mod million;
 mod minimal;
 mod models;
 mod patch;

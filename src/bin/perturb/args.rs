@@ -542,6 +542,14 @@ impl Common {
             bail!("--n and --batch-size must be at least 1");
         }
         let arch = model.arch();
+        // refused up front, with the figure, rather than killed half-way by the kernel
+        let samples = match self.images.len() {
+            0 => self.n(),
+            files => files,
+        };
+        arch.memory_plan(samples, self.batch_size)
+            .check_available()
+            .context("--n and --batch-size")?;
         let target = target
             .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
             .transpose()
