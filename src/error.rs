@@ -269,6 +269,10 @@ pub enum Error {
         /// Bytes available.
         available: u64,
     },
+    /// A verdict was asked of an evaluation of no samples (an empty data set or shard gives a
+    /// valid report of zero counts, on which no threshold can be judged).
+    #[error("no samples were evaluated: robust accuracy of an empty data set cannot meet or miss a threshold")]
+    EmptyEvaluation,
     /// A model's robust accuracy fell below the required minimum ([`assert_robust`]).
     ///
     /// [`assert_robust`]: crate::eval::assert_robust

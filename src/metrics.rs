@@ -258,9 +258,14 @@ impl Report {
     /// [`assert_robust`](crate::eval::assert_robust) and the CLI's `gate`.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a `min_accuracy` outside `[0, 1]`.
+    /// [`Error::InvalidParameter`] for a `min_accuracy` outside `[0, 1]`;
+    /// [`Error::EmptyEvaluation`] for a report of no samples (its ratios are 0 by convention, not
+    /// a measurement, so that no gate passes or fails on nothing).
     pub fn meets(&self, min_accuracy: f64) -> Result<bool> {
         Self::check_threshold(min_accuracy)?;
+        if self.samples == 0 {
+            return Err(Error::EmptyEvaluation);
+        }
         Ok(self.robust_accuracy >= min_accuracy)
     }
 

@@ -191,3 +191,19 @@ fn weights_holding_nan_are_a_corrupted_file() {
     ]);
     one_line_error(&out, &["fc.bias", "non-finite"]);
 }
+
+#[test]
+fn an_empty_selection_is_a_usage_error() {
+    for extra in [["--n", "0"], ["--batch-size", "0"]] {
+        let mut args = vec![
+            "attack",
+            "--model",
+            "mnist-linear",
+            "--eps",
+            "0.1",
+            "--quiet",
+        ];
+        args.extend(extra);
+        one_line_error(&perturb(&args), &["at least 1"]);
+    }
+}

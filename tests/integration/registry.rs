@@ -422,3 +422,76 @@ fn an_empty_batch_is_the_same_typed_error_for_every_attack() {
         }
     }
 }
+
+/// A model whose logits change between two identical calls is reported by the evaluation of
+/// every attack (a randomized model needs EOT, not one run), and a deterministic one never is;
+/// an empty data set is the same valid empty result for every attack (zero counts, no
+/// evaluations), on which a threshold is an error rather than a verdict.
+#[test]
+fn every_attack_reports_a_randomized_model_and_an_empty_data_set() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let model = LinearModel::random(5, 4, 16);
+    let (x, y) = batch(7, 6);
+    let calls = AtomicU32::new(0);
+    // a different, deterministic offset on every call: randomized, yet reproducible
+    let randomized = |t: &Tensor| {
+        let k = calls.fetch_add(1, Ordering::Relaxed);
+        model.forward(t)? + f64::from(k % 7) * 1e-3
+    };
+    let warned = |w: &[String]| {
+        w.iter()
+            .any(|s| s.contains("differ between two identical calls"))
+    };
+    let empty_x = Tensor::zeros((0, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    let empty_y = Tensor::zeros(0, DType::U32, &Device::Cpu).unwrap();
+    for attack in attacks([0.1, 0.5, 2.0], 3) {
+        let name = attack.name();
+        let attack = attack.as_ref() as &dyn Attack;
+        let run = Evaluator::new(&randomized, &x, &y)
+            .unwrap()
+            .run(attack, None)
+            .unwrap();
+        assert!(
+            warned(&run.report.warnings),
+            "{name}: {:?}",
+            run.report.warnings
+        );
+        let run = Evaluator::new(&model, &x, &y)
+            .unwrap()
+            .run(attack, None)
+            .unwrap();
+        assert!(
+            !warned(&run.report.warnings),
+            "{name}: {:?}",
+            run.report.warnings
+        );
+        let empty = Evaluator::new(&model, &empty_x, &empty_y)
+            .unwrap()
+            .run(attack, None)
+            .unwrap();
+        let r = &empty.report;
+        assert_eq!(
+            (
+                r.samples,
+                r.clean_correct,
+                r.robust_correct,
+                r.gradient_evals,
+                r.forward_evals
+            ),
+            (0, 0, 0, 0, 0),
+            "{name}"
+        );
+        assert_eq!(empty.x_adv.dims(), [0, 1, 4, 4], "{name}");
+        assert!(
+            matches!(r.meets(0.0), Err(Error::EmptyEvaluation)),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                perturb::eval::assert_robust(&model, &empty_x, &empty_y, attack, 0.0),
+                Err(Error::EmptyEvaluation)
+            ),
+            "{name}"
+        );
+    }
+}
