@@ -269,6 +269,13 @@ pub enum Error {
         /// Bytes available.
         available: u64,
     },
+    /// Shard reports that do not make one run ([`merge`](crate::eval::merge)): from different
+    /// runs, overlapping, given twice, or with shards missing (named).
+    #[error("cannot merge the shards: {reason}")]
+    ShardMerge {
+        /// What is wrong, naming the shards.
+        reason: String,
+    },
     /// A verdict was asked of an evaluation of no samples (an empty data set or shard gives a
     /// valid report of zero counts, on which no threshold can be judged).
     #[error("no samples were evaluated: robust accuracy of an empty data set cannot meet or miss a threshold")]

@@ -18,11 +18,13 @@ use crate::Attack;
 
 mod memory;
 mod progress;
+mod shard;
 mod sweep;
 mod transfer;
 
 pub use memory::{available, human_bytes, parse_bytes, MemoryPlan, DATA_COPIES, MEMORY_LIMIT_VAR};
 pub use progress::Progress;
+pub use shard::{merge, Shard, ShardInfo};
 pub use transfer::{transfer, TransferCell, TransferMatrix};
 
 /// Predicted class of every sample of `images`, in batches of `batch_size`.
@@ -125,6 +127,7 @@ pub struct Evaluator<'a> {
     batch_size: usize,
     attacked: Attacked,
     sample_indices: Option<Vec<usize>>,
+    shard: Option<ShardInfo>,
     intervals: IntervalSpec,
     progress: Option<ProgressFn<'a>>,
     /// Clean predictions, computed once and shared by every run and sweep point.
@@ -175,6 +178,7 @@ impl<'a> Evaluator<'a> {
             batch_size: DEFAULT_BATCH_SIZE,
             attacked: Attacked::default(),
             sample_indices: None,
+            shard: None,
             intervals: IntervalSpec::default(),
             progress: None,
             clean: std::cell::OnceCell::new(),
@@ -210,6 +214,14 @@ impl<'a> Evaluator<'a> {
     /// Which samples are attacked (default [`Attacked::CorrectlyClassified`]).
     pub fn attacked(mut self, attacked: Attacked) -> Self {
         self.attacked = attacked;
+        self
+    }
+
+    /// Marks the reports as one shard of a split run ([`Shard::info`]): the images given are
+    /// that shard's, `info` says which part of the whole run they are; [`merge`] joins the
+    /// shards' reports.
+    pub fn shard(mut self, info: ShardInfo) -> Self {
+        self.shard = Some(info);
         self
     }
 
@@ -423,6 +435,7 @@ impl<'a> Evaluator<'a> {
             stages: stage_reports(attack, &stage_fooled, robust_correct, n),
             intervals: None,
             per_sample: None,
+            shard: self.shard,
         };
         let mut report = report;
         let indices = match &self.sample_indices {

@@ -188,6 +188,10 @@ pub struct Report {
     /// Per-sample outcomes, what a comparison with a baseline reads. Optional within schema 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_sample: Option<PerSample>,
+    /// For one shard of a split evaluation, which shard and which samples of the whole run;
+    /// absent for a whole run (and for the merge of all its shards). Optional within schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::eval::ShardInfo>,
 }
 
 /// The confidence intervals of a [`Report`]'s proportions, with the method that computed them.

@@ -1,12 +1,11 @@
 //! Auto-PGD (APGD) and its targeted variant APGD-T: PGD without a step size to tune.
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, SeedableRng};
 
 use super::batch::{check_count, check_fraction, Batch, CleanLogits};
 use super::rows::{scatter_rows, select_rows, take_rows};
 use super::{Adversarial, Attack, FixedBudget, Threat, DEFAULT_L1_SPARSITY};
-use crate::budget::{check_sparsity, Budget};
+use crate::budget::{check_sparsity, Budget, SampleRngs};
 use crate::error::{Error, Result};
 use crate::goal::{Goal, ResolvedGoal};
 use crate::loss::Loss;
@@ -296,7 +295,8 @@ impl Apgd {
         } else {
             vec![judge.clone()]
         };
-        let mut rng = StdRng::seed_from_u64(p.seed);
+        // one generator per sample: its starts never depend on the batch around it
+        let mut rngs = SampleRngs::new(p.seed, batch.x())?;
         for run_goal in &goals {
             for _ in 0..p.restarts {
                 let rows: Vec<u32> = (0..n as u32)
@@ -306,7 +306,7 @@ impl Apgd {
                     break;
                 }
                 self.single_run(
-                    model, &mut batch, &judge, run_goal, &rows, &mut rng, &mut best,
+                    model, &mut batch, &judge, run_goal, &rows, &mut rngs, &mut best,
                 )?;
             }
         }
@@ -323,7 +323,7 @@ impl Apgd {
         judge: &ResolvedGoal,
         run_goal: &ResolvedGoal,
         rows: &[u32],
-        rng: &mut StdRng,
+        rngs: &mut SampleRngs,
         best: &mut Best,
     ) -> Result<()> {
         let p = &self.params;
@@ -332,7 +332,7 @@ impl Apgd {
         let mut judge_rows = judge.select(rows, &Tensor::new(rows, x0.device())?)?;
         let mut state = RunState::new(rows.to_vec());
         let mut cur = if p.random_start {
-            budget.random_start(&x0, rng)?
+            budget.random_start_rows(&x0, rngs, rows)?.detach()
         } else {
             x0.clone()
         };

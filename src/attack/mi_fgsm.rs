@@ -2,11 +2,11 @@
 //! translation-invariance options that make examples crafted on one model fool others.
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::Rng;
 
 use super::batch::{check_count, check_fraction, check_positive, Batch, CleanLogits};
 use super::{Adversarial, Attack, FixedBudget, Threat, DEFAULT_L1_SPARSITY};
-use crate::budget::{check_sparsity, Budget};
+use crate::budget::{check_sparsity, Budget, SampleRngs};
 use crate::error::{Error, Result};
 use crate::goal::Goal;
 use crate::loss::Loss;
@@ -227,12 +227,18 @@ impl MiFgsm {
     }
 
     /// The input-diversity gather for one step: per output element the flat index of its
-    /// source in `[x, 0]` (the last slot is the zero canvas), drawn per sample from `rng`.
-    fn diversity_index(dims: &[usize], p: &MiFgsmParams, rng: &mut StdRng) -> Vec<u32> {
+    /// source in `[x, 0]` (the last slot is the zero canvas), drawn per sample from its own
+    /// generator.
+    fn diversity_index(
+        dims: &[usize],
+        p: &MiFgsmParams,
+        rngs: &mut SampleRngs,
+    ) -> Result<Vec<u32>> {
         let (n, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
         let total = n * c * h * w;
         let mut idx = Vec::with_capacity(total);
         for i in 0..n {
+            let rng = rngs.get(i)?;
             let apply = rng.random::<f32>() < p.diversity_prob;
             let smallest = ((h as f32 * p.resize_rate).floor() as usize).clamp(1, h);
             let side_h = if apply && smallest < h {
@@ -261,7 +267,7 @@ impl MiFgsm {
                 }
             }
         }
-        idx
+        Ok(idx)
     }
 }
 
@@ -293,7 +299,8 @@ impl Attack for MiFgsm {
         } else {
             None
         };
-        let mut rng = StdRng::seed_from_u64(p.seed);
+        // one generator per sample: its transforms never depend on the batch around it
+        let mut rngs = SampleRngs::new(p.seed, x)?;
         let alpha = self.alpha();
         let mut cur = x.clone();
         let mut momentum = x.zeros_like()?;
@@ -302,7 +309,7 @@ impl Attack for MiFgsm {
             .collect();
         for _ in 0..p.steps {
             let grad = if p.diversity_prob > 0.0 {
-                let index = Self::diversity_index(&dims, p, &mut rng);
+                let index = Self::diversity_index(&dims, p, &mut rngs)?;
                 let index = Tensor::from_vec(index, x.elem_count(), &dev)?;
                 let zero = Tensor::zeros(1, DType::F32, &dev)?;
                 let diverse = |t: &Tensor| -> candle_core::Result<Tensor> {

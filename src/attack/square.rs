@@ -1,11 +1,11 @@
 //! Square Attack: random search that needs only the model's outputs.
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::Rng;
 
 use super::batch::{check_count, check_fraction, Batch, CleanLogits, GradientCheckMode};
 use super::{Adversarial, Attack, FixedBudget, Threat};
-use crate::budget::{Budget, Norm};
+use crate::budget::{Budget, Norm, SampleRngs};
 use crate::error::{Error, Result};
 use crate::goal::{Goal, ResolvedGoal};
 use crate::loss::Loss;
@@ -174,11 +174,12 @@ impl Square {
         let goal = batch.goal().clone();
         let clean: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
         let eps = self.budget.eps();
-        let mut rng = StdRng::seed_from_u64(self.params.seed);
+        // one generator per sample: its proposals never depend on the batch around it
+        let mut rngs = SampleRngs::new(self.params.seed, x)?;
         // start
         let mut best: Vec<f32> = match self.budget.norm() {
-            Norm::Linf => linf_start(&clean, n, shape, eps, &mut rng),
-            _ => l2_start(&clean, n, shape, eps, &mut rng),
+            Norm::Linf => linf_start(&clean, n, shape, eps, &mut rngs)?,
+            _ => l2_start(&clean, n, shape, eps, &mut rngs)?,
         };
         best = self.project_rows(&best, &clean, &dims, x)?;
         let all: Vec<usize> = (0..n).collect();
@@ -195,8 +196,8 @@ impl Square {
                 let (x0, cur) = (&clean[i * d..(i + 1) * d], &best[i * d..(i + 1) * d]);
                 let mut next = cur.to_vec();
                 match self.budget.norm() {
-                    Norm::Linf => linf_step(&mut next, x0, shape, eps, p, &mut rng),
-                    _ => l2_step(&mut next, x0, shape, eps, p, &mut rng),
+                    Norm::Linf => linf_step(&mut next, x0, shape, eps, p, rngs.get(i)?),
+                    _ => l2_step(&mut next, x0, shape, eps, p, rngs.get(i)?),
                 }
                 cand.extend(next);
             }
@@ -313,10 +314,11 @@ fn sign<R: Rng + ?Sized>(rng: &mut R) -> f32 {
 
 /// Vertical stripes: one sign per sample, channel and column, `x ± ε` clipped to the box by the
 /// projection afterwards.
-fn linf_start<R: Rng + ?Sized>(x: &[f32], n: usize, s: Shape, eps: f32, rng: &mut R) -> Vec<f32> {
+fn linf_start(x: &[f32], n: usize, s: Shape, eps: f32, rngs: &mut SampleRngs) -> Result<Vec<f32>> {
     let mut out = x.to_vec();
     let d = s.c * s.h * s.w;
     for i in 0..n {
+        let rng = rngs.get(i)?;
         for ch in 0..s.c {
             for col in 0..s.w {
                 let e = eps * sign(rng);
@@ -327,7 +329,7 @@ fn linf_start<R: Rng + ?Sized>(x: &[f32], n: usize, s: Shape, eps: f32, rng: &mu
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Side of the square for a share `p` of the image: `round(√(p·H·W))`, within `[1, min(H, W) − 1]`
@@ -418,12 +420,13 @@ fn normalize(v: &mut [f32]) {
 }
 
 /// A grid of sign-flipped patterns over the image, scaled to `‖δ‖₂ = ε`.
-fn l2_start<R: Rng + ?Sized>(x: &[f32], n: usize, s: Shape, eps: f32, rng: &mut R) -> Vec<f32> {
+fn l2_start(x: &[f32], n: usize, s: Shape, eps: f32, rngs: &mut SampleRngs) -> Result<Vec<f32>> {
     let d = s.c * s.h * s.w;
     let side = (s.h / 5).max(1);
     let offset = (s.h - side * (s.h / side).min(5)) / 2;
     let mut out = x.to_vec();
     for i in 0..n {
+        let rng = rngs.get(i)?;
         let mut delta = vec![0f32; d];
         let mut top = offset;
         while top + side <= s.h {
@@ -448,7 +451,7 @@ fn l2_start<R: Rng + ?Sized>(x: &[f32], n: usize, s: Shape, eps: f32, rng: &mut 
             out[i * d + k] = (x[i * d + k] + eps * delta[k]).clamp(s.lo, s.hi);
         }
     }
-    out
+    Ok(out)
 }
 
 /// One L2 proposal in place (the paper's): the perturbation's mass in a second square moves

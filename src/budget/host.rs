@@ -14,7 +14,6 @@ use std::mem::MaybeUninit;
 
 use candle_core::{Tensor, Var};
 
-use super::noise::Noise;
 use super::{Budget, Norm};
 use crate::error::Result;
 use crate::simd::{multiversion, with_cpu_f32, written};
@@ -106,9 +105,13 @@ impl Budget {
     }
 
     /// The L∞ random start, bit for bit `project(x + u, x)` for `u` the next `x.elem_count()`
-    /// numbers of `noise.fill_symmetric(eps)`; `None` for tensors other than contiguous CPU
-    /// `f32`, before any noise is drawn.
-    pub(super) fn linf_start_cpu(&self, x: &Tensor, noise: &mut Noise) -> Result<Option<Tensor>> {
+    /// numbers `fill` writes, block by block in order (`noise.fill_symmetric(eps)`); `None` for
+    /// tensors other than contiguous CPU `f32`, before any noise is drawn.
+    pub(super) fn linf_start_cpu(
+        &self,
+        x: &Tensor,
+        fill: &mut dyn FnMut(&mut [f32]),
+    ) -> Result<Option<Tensor>> {
         /// Noise drawn per block: a multiple of the generator's 16 numbers per advance, so the
         /// blocks see the same stream as one fill of the whole batch.
         const BLOCK: usize = 1024;
@@ -122,7 +125,7 @@ impl Budget {
                     let mut covered = 0;
                     for (o, x) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
                         let u = &mut u[..x.len()];
-                        noise.fill_symmetric(self.eps, u);
+                        fill(u);
                         covered += start_pass(o, x, u, clamp);
                     }
                     covered

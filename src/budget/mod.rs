@@ -16,6 +16,7 @@
 mod geometry;
 mod host;
 mod noise;
+mod seeds;
 
 pub(crate) use geometry::check_sparsity;
 
@@ -27,6 +28,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Exp1, StandardNormal};
 
 use noise::Noise;
+pub(crate) use seeds::SampleRngs;
 
 use crate::error::{Error, Result};
 use crate::validate::check_batch;
@@ -239,7 +241,8 @@ impl Budget {
     ) -> Result<Tensor> {
         let mut noise = Noise::seeded(rng);
         if self.norm == Norm::Linf {
-            if let Some(start) = self.linf_start_cpu(x, &mut noise)? {
+            let eps = self.eps;
+            if let Some(start) = self.linf_start_cpu(x, &mut |u| noise.fill_symmetric(eps, u))? {
                 return Ok(start);
             }
             let mut u = vec![0f32; x.elem_count()];
@@ -249,29 +252,76 @@ impl Budget {
         }
         let n = x.dim(0)?;
         let d = x.elem_count() / n.max(1);
-        let eps = f64::from(self.eps);
         let mut delta = Vec::with_capacity(n * d);
         for _ in 0..n {
-            if self.norm == Norm::L2 {
-                let g: Vec<f64> = (0..d).map(|_| StandardNormal.sample(&mut noise)).collect();
-                let len = g
-                    .iter()
-                    .map(|v| v * v)
-                    .sum::<f64>()
-                    .sqrt()
-                    .max(f64::MIN_POSITIVE);
-                let radius = eps * noise.random::<f64>().powf(1.0 / d as f64);
-                delta.extend(g.iter().map(|v| v / len * radius));
-            } else {
-                // Exponential spacings: (e_1..e_d) / sum(e_1..e_{d+1}) is uniform on the
-                // simplex's interior, and random signs make it uniform in the L1 ball.
-                let e: Vec<f64> = (0..=d).map(|_| Exp1.sample(&mut noise)).collect();
-                let total: f64 = e.iter().sum();
-                for v in &e[..d] {
-                    let sign = if noise.random::<bool>() { 1.0 } else { -1.0 };
-                    delta.push(sign * eps * v / total);
-                }
+            self.ball_offset(d, &mut noise, &mut delta);
+        }
+        let delta = Tensor::from_vec(delta, x.shape(), x.device())?;
+        let start = (x.to_dtype(DType::F64)? + delta)?.to_dtype(DType::F32)?;
+        self.project(&start, x)
+    }
+
+    /// One uniformly random offset of the L2 or L1 ε-ball in `d` dimensions, appended to `out`:
+    /// a Gaussian direction and a radius `ε·U^(1/d)` (L2), or exponential spacings with random
+    /// signs (L1).
+    fn ball_offset(&self, d: usize, noise: &mut Noise, out: &mut Vec<f64>) {
+        let eps = f64::from(self.eps);
+        if self.norm == Norm::L2 {
+            let g: Vec<f64> = (0..d).map(|_| StandardNormal.sample(noise)).collect();
+            let len = g
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::MIN_POSITIVE);
+            let radius = eps * noise.random::<f64>().powf(1.0 / d as f64);
+            out.extend(g.iter().map(|v| v / len * radius));
+        } else {
+            // Exponential spacings: (e_1..e_d) / sum(e_1..e_{d+1}) is uniform on the
+            // simplex's interior, and random signs make it uniform in the L1 ball.
+            let e: Vec<f64> = (0..=d).map(|_| Exp1.sample(noise)).collect();
+            let total: f64 = e.iter().sum();
+            for v in &e[..d] {
+                let sign = if noise.random::<bool>() { 1.0 } else { -1.0 };
+                out.push(sign * eps * v / total);
             }
+        }
+    }
+
+    /// [`Budget::random_start`] of the rows of `x`, row `k` drawn from the generator of sample
+    /// `rows[k]` alone ([`SampleRngs`]): a sample's start depends on its seed and pixels, never
+    /// on the batch around it.
+    pub(crate) fn random_start_rows(
+        &self,
+        x: &Tensor,
+        rngs: &mut SampleRngs,
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let d = x.elem_count() / n.max(1);
+        let mut noises = Vec::with_capacity(rows.len());
+        for &r in rows {
+            noises.push(Noise::seeded(rngs.get(r as usize)?));
+        }
+        if self.norm == Norm::Linf {
+            let mut u = vec![0f32; n * d];
+            for (row, noise) in u.chunks_mut(d.max(1)).zip(&mut noises) {
+                noise.fill_symmetric(self.eps, row);
+            }
+            let mut at = 0;
+            let mut copy = |dst: &mut [f32]| {
+                dst.copy_from_slice(&u[at..at + dst.len()]);
+                at += dst.len();
+            };
+            if let Some(start) = self.linf_start_cpu(x, &mut copy)? {
+                return Ok(start);
+            }
+            let u = Tensor::from_vec(u, x.shape(), x.device())?;
+            return self.project(&(x + u)?, x);
+        }
+        let mut delta = Vec::with_capacity(n * d);
+        for noise in &mut noises {
+            self.ball_offset(d, noise, &mut delta);
         }
         let delta = Tensor::from_vec(delta, x.shape(), x.device())?;
         let start = (x.to_dtype(DType::F64)? + delta)?.to_dtype(DType::F32)?;

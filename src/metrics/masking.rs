@@ -28,7 +28,7 @@ pub const ENSEMBLE_GAP: f64 = 0.05;
 ///     robust_correct: (acc * 100.0) as usize, successes: 0, clean_accuracy: 0.99,
 ///     robust_accuracy: acc, attack_success_rate: 0.0, perturbation: NormStats::default(),
 ///     gradient_evals: 0, forward_evals: 0, wall_time_s: 0.0, warnings: vec![], stages: vec![],
-///     intervals: None, per_sample: None,
+///     intervals: None, per_sample: None, shard: None,
 ///     attack: AttackInfo { name: "pgd".into(), norm: Some(Norm::Linf), eps: Some(eps),
 ///                          target: None, params: serde_json::json!({"steps": 10}) },
 /// };

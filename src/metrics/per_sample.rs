@@ -40,6 +40,11 @@ pub struct PerSample {
     pub success: Vec<bool>,
     /// `‖x_adv − x‖` in the budget's norm (0 for samples not attacked).
     pub norm: Vec<f32>,
+    /// Whether the sample was attacked (by default those correct when clean): what the
+    /// perturbation statistics and the success rate count, so that shards merge exactly.
+    /// Optional within schema 1 (absent from older reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacked: Vec<bool>,
 }
 
 impl PerSample {
@@ -67,6 +72,7 @@ impl PerSample {
             robust: outcome.robust(),
             success: outcome.success.clone(),
             norm: outcome.norms.clone(),
+            attacked: outcome.attacked.clone(),
         })
     }
 

@@ -35,6 +35,8 @@ mod models;
 mod patch;
 mod properties;
 mod registry;
+#[cfg(feature = "cli")]
+mod shards;
 mod square;
 mod transfer;
 #[cfg(feature = "cli")]

@@ -2,12 +2,12 @@
 //! [`Attack`] implementation.
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, SeedableRng};
 
 use super::{Pgd, FGSM_PARAMS};
 use crate::attack::batch::{Batch, CleanLogits};
 use crate::attack::rows::{scatter_rows, select_rows, take_rows};
 use crate::attack::{Adversarial, Attack, Threat};
+use crate::budget::SampleRngs;
 use crate::error::Result;
 use crate::goal::{Goal, ResolvedGoal};
 use crate::model::{predictions, Classifier};
@@ -20,14 +20,14 @@ impl Pgd {
         model: &dyn Classifier,
         batch: &mut Batch,
         rows: &[u32],
-        rng: &mut StdRng,
+        rngs: &mut SampleRngs,
         judge: Judge,
     ) -> Result<RunResult> {
         let p = &self.params;
         let (x0, goal) = select_rows(batch.x(), batch.goal(), rows)?;
         let m = rows.len();
         let mut cur = if p.random_start {
-            self.budget.random_start_variable(&x0, rng)?
+            self.budget.random_start_rows(&x0, rngs, rows)?
         } else {
             x0.clone()
         };
@@ -128,7 +128,8 @@ impl Pgd {
             judge
         };
         let n = x.dim(0)?;
-        let mut rng = StdRng::seed_from_u64(p.seed);
+        // one generator per sample: its starts never depend on the batch around it
+        let mut rngs = SampleRngs::new(p.seed, x)?;
         let mut best_x = x.clone();
         let mut best_success = vec![false; n];
         // The logits of `best_x`, so that judging it costs no forward pass. Without clean logits
@@ -147,7 +148,7 @@ impl Pgd {
             if rows.is_empty() {
                 break;
             }
-            let run = self.single_run(model, &mut batch, &rows, &mut rng, judge)?;
+            let run = self.single_run(model, &mut batch, &rows, &mut rngs, judge)?;
             let Some(verdict) = run.verdict else {
                 // a single unjudged run: its end points are the result
                 best_x = scatter_rows(&best_x, &rows, &run.x_adv)?;

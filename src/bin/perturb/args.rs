@@ -67,6 +67,9 @@ pub enum Command {
     /// Craft adversarial examples on one model (--model or --source) and judge them with others:
     /// the transfer matrix, one row per attack, one column per model.
     Transfer(crate::transfer::TransferArgs),
+    /// Join the --json reports of a run's shards (`attack --shard I/N`) into the whole run's
+    /// report; refuses shards of different runs, overlapping or missing shards (exit 2).
+    Merge(crate::shard::MergeArgs),
 }
 
 /// Model, data and device.
@@ -252,6 +255,8 @@ pub struct AttackArgs {
     /// Replace an existing --save-adversarials file.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub shard: crate::shard::ShardArgs,
 }
 
 #[derive(Args, Debug)]

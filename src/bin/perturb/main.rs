@@ -17,6 +17,7 @@ mod args;
 mod minimal;
 mod outputs;
 mod patch;
+mod shard;
 mod transfer;
 
 use std::path::Path;
@@ -101,6 +102,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Gate(g) => gate(g),
         Command::Patch(p) => patch::run(p),
         Command::Transfer(t) => transfer::run(t),
+        Command::Merge(m) => shard::merge(m),
     }
 }
 
@@ -301,8 +303,19 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
     let loaded = a.common.load(a.targeted.as_deref())?;
     let input = loaded.model.arch().input_shape();
     let attack = a.chosen.build(input)?;
-    let run =
-        evaluator(&loaded, intervals, !a.common.quiet)?.run(attack.as_ref(), loaded.target)?;
+    // one shard of a split run: its whole batches of the selection, recorded in the report
+    let (loaded, shard) = match a.shard.resolve()? {
+        Some(s) => {
+            let (loaded, info) = shard::apply(loaded, s)?;
+            (loaded, Some(info))
+        }
+        None => (loaded, None),
+    };
+    let mut eval = evaluator(&loaded, intervals, !a.common.quiet)?;
+    if let Some(info) = shard {
+        eval = eval.shard(info);
+    }
+    let run = eval.run(attack.as_ref(), loaded.target)?;
     let arch = loaded.model.arch();
     out!(
         "{}",
@@ -337,7 +350,8 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         );
     }
     if let Some(dir) = &a.save_png {
-        save_pngs(&run, &loaded, a.common.offset(), "adv", dir)?;
+        let first = a.common.offset() + shard.map_or(0, |s| s.start);
+        save_pngs(&run, &loaded, first, "adv", dir)?;
     }
     if let Some(path) = &a.json {
         export::write_json(&run.report, path)?;
