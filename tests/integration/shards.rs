@@ -252,3 +252,106 @@ fn merge_refuses_what_is_not_one_run() {
     let ok = merge(&shards, &out);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
 }
+
+/// deploy/slurm/eval.sbatch, run as Slurm would run two array tasks of it (bash, with the
+/// array variables), on a small selection: its reports merge into the single run's.
+#[test]
+fn the_sbatch_script_runs_shards_that_merge() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/eval.sbatch");
+    let dir = tmp("sbatch");
+    let _ = std::fs::remove_dir_all(&dir);
+    let settings = [
+        ("PERTURB", env!("CARGO_BIN_EXE_perturb")),
+        ("MODEL", "mnist-linear"),
+        ("EPS", "0.1"),
+        ("N", "48"),
+        ("BATCH", "16"),
+        ("OUT", dir.to_str().unwrap()),
+        ("SLURM_ARRAY_TASK_MIN", "5"),
+        ("SLURM_ARRAY_TASK_COUNT", "2"),
+    ];
+    for id in ["5", "6"] {
+        let out = Command::new("bash")
+            .arg(&script)
+            .envs(settings)
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let reports = vec![dir.join("shard-5.json"), dir.join("shard-6.json")];
+    let merged = dir.join("all.json");
+    let out = merge(&reports, &merged);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let whole = tmp("sbatch-whole.json");
+    let single = perturb(&[
+        "attack",
+        "--model",
+        "mnist-linear",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--n",
+        "48",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--json",
+        whole.to_str().unwrap(),
+    ]);
+    assert!(single.status.success(), "{}", text(&single.stderr));
+    assert_eq!(without_wall_time(&merged), without_wall_time(&whole));
+}
+
+/// deploy/kubernetes/eval-indexed-job.yaml: an Indexed Job whose pods run the shards of one
+/// run (`--shards` equal to `completions`) and write their reports to the mounted volume.
+#[test]
+fn the_kubernetes_manifest_is_an_indexed_job_of_the_shards() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/eval-indexed-job.yaml");
+    let job: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(job["apiVersion"], "batch/v1");
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let completions = spec["completions"].as_u64().unwrap();
+    assert!(spec["parallelism"].as_u64().unwrap() <= completions);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let container = &pod["containers"][0];
+    assert!(container["image"].as_str().unwrap().starts_with("perturb:"));
+    let line = container["args"][0].as_str().unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&words[..2], ["perturb", "attack"]);
+    let flag = |name: &str| {
+        let at = words.iter().position(|w| *w == name).unwrap();
+        words[at + 1]
+    };
+    assert_eq!(flag("--shards").parse::<u64>().unwrap(), completions);
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(flag("--json").starts_with(&format!("{mount}/")));
+    assert!(flag("--json").contains("$JOB_COMPLETION_INDEX"));
+    let volume = &pod["volumes"][0];
+    assert_eq!(volume["name"], container["volumeMounts"][0]["name"]);
+    // the pod's command line, as the shell would run it in pod 1, on a small selection
+    let shell = line
+        .replace(
+            "perturb attack",
+            &format!("{} attack", env!("CARGO_BIN_EXE_perturb")),
+        )
+        .replace("--n 10000", "--n 32")
+        .replace("--batch-size 250", "--batch-size 16")
+        .replace(mount, tmp("k8s").to_str().unwrap());
+    std::fs::create_dir_all(tmp("k8s")).unwrap();
+    let out = Command::new("sh")
+        .args(["-c", &shell])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+    let report = perturb::export::read_report(&tmp("k8s").join("shard-1.json")).unwrap();
+    let info = report.shard.unwrap();
+    assert_eq!((info.index, info.count as u64), (1, completions));
+}
