@@ -25,7 +25,8 @@ pub const MEMORY_LIMIT_VAR: &str = "PERTURB_MEMORY_LIMIT";
 /// use perturb::eval::MemoryPlan;
 /// // 10,000 MNIST digits in batches of 250 on a model that keeps 1 MiB per sample
 /// let plan = MemoryPlan { samples: 10_000, sample_bytes: 784 * 4, batch: 250, batch_bytes_per_sample: 1 << 20 };
-/// assert_eq!(plan.needed(), 4 * 10_000 * 784 * 4 + 250 * (1 << 20));
+/// // four copies of the data, and each sample of a batch: its working set and its input
+/// assert_eq!(plan.needed(), 4 * 10_000 * 784 * 4 + 250 * ((1 << 20) + 784 * 4));
 /// assert!(plan.check(1 << 30).is_ok());
 /// assert!(plan.check(100 << 20).is_err());
 /// ```
