@@ -20,6 +20,7 @@
 
 mod idx;
 mod image;
+mod labels;
 mod verify;
 
 use std::ops::Range;
@@ -34,6 +35,7 @@ pub use image::{
     load_image, load_photo, sample_photo, save_png, Fit, MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE,
     SAMPLE_PHOTOS,
 };
+pub use labels::{read_labels, LabelledFile, LABELS_FILE};
 pub use verify::{verify, FileCheck, FileStatus};
 
 /// File names of the four MNIST files, in the order train images, train labels, test images,

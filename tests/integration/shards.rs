@@ -355,3 +355,104 @@ fn the_kubernetes_manifest_is_an_indexed_job_of_the_shards() {
     let info = report.shard.unwrap();
     assert_eq!((info.index, info.count as u64), (1, completions));
 }
+
+/// `--data DIR`: a directory of photos with `labels.csv` (indices and names mixed), sharded and
+/// merged like MNIST; rows are named by their position in the labels file, and bad rows are one
+/// line and exit 2.
+#[test]
+fn a_labelled_image_directory_shards_and_merges() {
+    let dir = tmp("photos");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/images");
+    let mut csv = String::from("file,label\n");
+    for (name, label) in [
+        ("chelsea.png", "285"),
+        ("coffee.png", "espresso"),
+        ("astronaut.png", "457"),
+        ("rocket.png", "812"),
+        ("motorcycle_left.png", "670"),
+    ] {
+        std::fs::copy(photos.join(name), dir.join(name)).unwrap();
+        csv.push_str(&format!("{name},{label}\n"));
+    }
+    std::fs::write(dir.join("labels.csv"), csv).unwrap();
+    let d = dir.to_str().unwrap();
+    let base = |extra: &[&str], json: &Path| {
+        let mut args = vec![
+            "attack",
+            "--model",
+            "efficientnet-lite0",
+            "--data",
+            d,
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.004",
+            "--param",
+            "steps=2",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = perturb(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+    };
+    let whole = dir.join("whole.json");
+    base(&[], &whole);
+    let report = perturb::export::read_report(&whole).unwrap();
+    assert_eq!(report.samples, 5);
+    let per = report.per_sample.as_ref().unwrap();
+    assert_eq!(per.index, [0, 1, 2, 3, 4]);
+    assert_eq!(per.label[..2], [285, 967]); // espresso is class 967
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("shard-{i}.json"));
+            base(&["--shard", &format!("{i}/2")], &p);
+            p
+        })
+        .collect();
+    let merged = dir.join("merged.json");
+    let out = merge(&shards, &merged);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(without_wall_time(&merged), without_wall_time(&whole));
+    // --n and --offset select rows
+    let two = dir.join("two.json");
+    base(&["--offset", "3", "--n", "2"], &two);
+    let two = perturb::export::read_report(&two).unwrap();
+    assert_eq!(two.per_sample.unwrap().index, [3, 4]);
+    // a bad row is one line naming the file and the row
+    std::fs::write(dir.join("labels.csv"), "chelsea.png,285\ncoffee.png\n").unwrap();
+    let bad = perturb(&[
+        "attack",
+        "--model",
+        "efficientnet-lite0",
+        "--data",
+        d,
+        "--eps",
+        "0.004",
+        "--quiet",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = text(&bad.stderr);
+    assert!(
+        stderr.contains("labels.csv") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    std::fs::write(dir.join("labels.csv"), "chelsea.png,not a class at all\n").unwrap();
+    let bad = perturb(&[
+        "attack",
+        "--model",
+        "efficientnet-lite0",
+        "--data",
+        d,
+        "--eps",
+        "0.004",
+        "--quiet",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("row 1"), "{}", text(&bad.stderr));
+}

@@ -85,8 +85,13 @@ pub struct Common {
     /// Attack these image files (PNG, JPEG; repeat the flag) instead of the MNIST test set. Each
     /// image's label is the model's own prediction on it; photos are resized to the model's
     /// input (shorter side, then the central square).
-    #[arg(long = "image", value_name = "PATH")]
+    #[arg(long = "image", value_name = "PATH", conflicts_with = "data")]
     pub images: Vec<PathBuf>,
+    /// Attack a labelled image directory: DIR/labels.csv lists `file,label` rows (a class index
+    /// or name per image, paths relative to DIR); --n and --offset select rows. For
+    /// ImageNet-style sets, sharded with --shard.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Expected sha256 (hex) of weights given by path; loading fails on a mismatch.
     #[arg(long)]
     pub sha256: Option<String>,
@@ -546,6 +551,14 @@ impl Common {
         if self.n == Some(0) || self.batch_size == 0 {
             bail!("--n and --batch-size must be at least 1");
         }
+        if let Some(dir) = &self.data {
+            let arch = model.arch();
+            let target = target
+                .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
+                .transpose()
+                .context("--targeted")?;
+            return self.load_dir(model, dir, target, &device);
+        }
         let arch = model.arch();
         // refused up front, with the figure, rather than killed half-way by the kernel
         let samples = match self.images.len() {
@@ -620,6 +633,69 @@ impl Common {
             target,
             files: Vec::new(),
             indices: positions[offset..end].to_vec(),
+        })
+    }
+
+    /// The rows `[offset, offset + n)` of `dir/labels.csv` (all of them by default), labelled
+    /// as the file says; rows of the `target` class are left out.
+    fn load_dir(
+        &self,
+        model: ZooModel,
+        dir: &std::path::Path,
+        target: Option<u32>,
+        device: &candle_core::Device,
+    ) -> Result<Loaded> {
+        let arch = model.arch();
+        let rows = perturb::data::read_labels(dir)?;
+        let mut labels = Vec::with_capacity(rows.len());
+        for (k, row) in rows.iter().enumerate() {
+            let class = zoo::class_index(&row.label, arch.num_classes()).with_context(|| {
+                format!(
+                    "{} row {}",
+                    dir.join(perturb::data::LABELS_FILE).display(),
+                    k + 1
+                )
+            })?;
+            labels.push(class as u32);
+        }
+        let kept: Vec<usize> = (0..rows.len())
+            .filter(|&i| Some(labels[i]) != target)
+            .collect();
+        let total = kept.len();
+        let offset = self.offset.unwrap_or(0);
+        let n = self.n.unwrap_or(total.saturating_sub(offset));
+        let Some(end) = offset.checked_add(n).filter(|&e| e <= total) else {
+            bail!(
+                "--offset {offset} --n {n} asks for rows past the {total} of {}",
+                dir.join(perturb::data::LABELS_FILE).display()
+            );
+        };
+        if n == 0 {
+            bail!("no rows of {} to attack", dir.display());
+        }
+        let indices = kept[offset..end].to_vec();
+        arch.memory_plan(indices.len(), self.batch_size)
+            .check_available()
+            .context("--n and --batch-size")?;
+        let [c, h, w] = arch.input_shape();
+        let xs = indices
+            .iter()
+            .map(|&i| match c {
+                3 if h == w => load_photo(&rows[i].file, h, Fit::ResizeCrop, device),
+                _ => load_image(&rows[i].file, c, h, w, device),
+            })
+            .collect::<perturb::Result<Vec<_>>>()?;
+        let y: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();
+        Ok(Loaded {
+            model,
+            model_name: self.model.clone(),
+            images: Tensor::stack(&xs, 0)?,
+            labels: Tensor::new(y.as_slice(), device)?,
+            data_name: format!("{}[{offset}..{end}]", dir.display()),
+            batch_size: self.batch_size,
+            target,
+            files: indices.iter().map(|&i| rows[i].file.clone()).collect(),
+            indices,
         })
     }
 
