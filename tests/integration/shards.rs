@@ -424,6 +424,32 @@ fn a_labelled_image_directory_shards_and_merges() {
     base(&["--offset", "3", "--n", "2"], &two);
     let two = perturb::export::read_report(&two).unwrap();
     assert_eq!(two.per_sample.unwrap().index, [3, 4]);
+    // a shard decodes its own rows alone: a missing sixth photo stops the whole run and the
+    // shard that holds it, not the first shard
+    let mut csv = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    csv.push_str("missing.png,1\n");
+    std::fs::write(dir.join("labels.csv"), csv).unwrap();
+    base(&["--shard", "0/2"], &dir.join("first.json"));
+    let out = perturb(&[
+        "attack",
+        "--model",
+        "efficientnet-lite0",
+        "--data",
+        d,
+        "--eps",
+        "0.004",
+        "--batch-size",
+        "2",
+        "--shard",
+        "1/2",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("missing.png"),
+        "{}",
+        text(&out.stderr)
+    );
     // a bad row is one line naming the file and the row
     std::fs::write(dir.join("labels.csv"), "chelsea.png,285\ncoffee.png\n").unwrap();
     let bad = perturb(&[

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
 use perturb::attack::{AttackSpec, Ensemble, FixedBudget, Registry};
 use perturb::data::{load_image, load_photo, Fit, Mnist};
+use perturb::eval::{Shard, ShardInfo};
 use perturb::metrics::{IntervalMethod, IntervalSpec};
 use perturb::zoo::{self, Arch, ZooModel};
 use perturb::Norm;
@@ -535,6 +536,48 @@ impl Common {
 
     /// [`Common::load`] from either MNIST split (a patch trains on the training split).
     pub fn load_split(&self, target: Option<&str>, split: Split) -> Result<Loaded> {
+        Ok(self.load_with(target, split, None)?.0)
+    }
+
+    /// [`Common::load`] of one shard of the selection: whole batches, recorded for the report.
+    /// A `--data` directory decodes the shard's images alone.
+    pub fn load_shard(
+        &self,
+        target: Option<&str>,
+        shard: Option<Shard>,
+    ) -> Result<(Loaded, Option<ShardInfo>)> {
+        self.load_with(target, Split::Test, shard)
+    }
+
+    fn load_with(
+        &self,
+        target: Option<&str>,
+        split: Split,
+        shard: Option<Shard>,
+    ) -> Result<(Loaded, Option<ShardInfo>)> {
+        if self.data.is_none() {
+            let loaded = self.load_all(target, split)?;
+            return match shard {
+                Some(s) => {
+                    let (loaded, info) = crate::shard::apply(loaded, s)?;
+                    Ok((loaded, Some(info)))
+                }
+                None => Ok((loaded, None)),
+            };
+        }
+        self.load_inner(target, split, shard)
+    }
+
+    fn load_all(&self, target: Option<&str>, split: Split) -> Result<Loaded> {
+        Ok(self.load_inner(target, split, None)?.0)
+    }
+
+    fn load_inner(
+        &self,
+        target: Option<&str>,
+        split: Split,
+        shard: Option<Shard>,
+    ) -> Result<(Loaded, Option<ShardInfo>)> {
         let device = perturb::device::parse(&self.device)?;
         let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
         let shipped = zoo::SHIPPED.iter().any(|s| s.name == self.model);
@@ -557,7 +600,7 @@ impl Common {
                 .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
                 .transpose()
                 .context("--targeted")?;
-            return self.load_dir(model, dir, target, &device);
+            return self.load_dir(model, dir, target, &device, shard);
         }
         let arch = model.arch();
         // refused up front, with the figure, rather than killed half-way by the kernel
@@ -573,7 +616,7 @@ impl Common {
             .transpose()
             .context("--targeted")?;
         if !self.images.is_empty() {
-            return self.load_files(model, target, &device);
+            return Ok((self.load_files(model, target, &device)?, None));
         }
         if !arch.is_mnist() {
             bail!(
@@ -623,17 +666,20 @@ impl Common {
             None => format!("{set}[{offset}..{end}]"),
             Some(t) => format!("{set} without class {t}[{offset}..{end}]"),
         };
-        Ok(Loaded {
-            model,
-            model_name: self.model.clone(),
-            images: images.narrow(0, offset, n)?,
-            labels: labels.narrow(0, offset, n)?,
-            data_name,
-            batch_size: self.batch_size,
-            target,
-            files: Vec::new(),
-            indices: positions[offset..end].to_vec(),
-        })
+        Ok((
+            Loaded {
+                model,
+                model_name: self.model.clone(),
+                images: images.narrow(0, offset, n)?,
+                labels: labels.narrow(0, offset, n)?,
+                data_name,
+                batch_size: self.batch_size,
+                target,
+                files: Vec::new(),
+                indices: positions[offset..end].to_vec(),
+            },
+            None,
+        ))
     }
 
     /// The rows `[offset, offset + n)` of `dir/labels.csv` (all of them by default), labelled
@@ -644,7 +690,8 @@ impl Common {
         dir: &std::path::Path,
         target: Option<u32>,
         device: &candle_core::Device,
-    ) -> Result<Loaded> {
+        shard: Option<Shard>,
+    ) -> Result<(Loaded, Option<ShardInfo>)> {
         let arch = model.arch();
         let rows = perturb::data::read_labels(dir)?;
         let mut labels = Vec::with_capacity(rows.len());
@@ -673,7 +720,10 @@ impl Common {
         if n == 0 {
             bail!("no rows of {} to attack", dir.display());
         }
-        let indices = kept[offset..end].to_vec();
+        // a shard decodes its own rows alone: whole batches of the selection
+        let info = shard.map(|s| s.info(end - offset, self.batch_size));
+        let (from, to) = info.map_or((offset, end), |i| (offset + i.start, offset + i.end));
+        let indices = kept[from..to].to_vec();
         arch.memory_plan(indices.len(), self.batch_size)
             .check_available()
             .context("--n and --batch-size")?;
@@ -686,17 +736,20 @@ impl Common {
             })
             .collect::<perturb::Result<Vec<_>>>()?;
         let y: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();
-        Ok(Loaded {
-            model,
-            model_name: self.model.clone(),
-            images: Tensor::stack(&xs, 0)?,
-            labels: Tensor::new(y.as_slice(), device)?,
-            data_name: format!("{}[{offset}..{end}]", dir.display()),
-            batch_size: self.batch_size,
-            target,
-            files: indices.iter().map(|&i| rows[i].file.clone()).collect(),
-            indices,
-        })
+        Ok((
+            Loaded {
+                model,
+                model_name: self.model.clone(),
+                images: Tensor::stack(&xs, 0)?,
+                labels: Tensor::new(y.as_slice(), device)?,
+                data_name: format!("{}[{offset}..{end}]", dir.display()),
+                batch_size: self.batch_size,
+                target,
+                files: indices.iter().map(|&i| rows[i].file.clone()).collect(),
+                indices,
+            },
+            info,
+        ))
     }
 
     /// The `--image` files, labelled with the model's own predictions.

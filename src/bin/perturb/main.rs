@@ -300,17 +300,12 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         ("--save-adversarials", &a.save_adversarials, a.force),
     ]))?;
     let intervals = a.confidence.spec()?;
-    let loaded = a.common.load(a.targeted.as_deref())?;
+    // one shard of a split run: its whole batches of the selection, recorded in the report
+    let (loaded, shard) = a
+        .common
+        .load_shard(a.targeted.as_deref(), a.shard.resolve()?)?;
     let input = loaded.model.arch().input_shape();
     let attack = a.chosen.build(input)?;
-    // one shard of a split run: its whole batches of the selection, recorded in the report
-    let (loaded, shard) = match a.shard.resolve()? {
-        Some(s) => {
-            let (loaded, info) = shard::apply(loaded, s)?;
-            (loaded, Some(info))
-        }
-        None => (loaded, None),
-    };
     let mut eval = evaluator(&loaded, intervals, !a.common.quiet)?;
     if let Some(info) = shard {
         eval = eval.shard(info);
