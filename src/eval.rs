@@ -24,7 +24,7 @@ mod transfer;
 
 pub use memory::{available, human_bytes, parse_bytes, MemoryPlan, DATA_COPIES, MEMORY_LIMIT_VAR};
 pub use progress::Progress;
-pub use shard::{merge, Shard, ShardInfo};
+pub use shard::{merge, merge_sweeps, Shard, ShardInfo};
 pub use transfer::{transfer, TransferCell, TransferMatrix};
 
 /// Predicted class of every sample of `images`, in batches of `batch_size`.

@@ -343,3 +343,75 @@ pub fn merge(reports: &[Report]) -> Result<Report> {
     report.warnings.extend(super::stage_warnings(&report));
     Ok(report)
 }
+
+/// The sweep of the whole run from the sweeps of its shards (`perturb eval --shard I/N`): each
+/// (attack, ε) report merged by [`merge`], the worst case per ε recounted from the merged
+/// per-sample columns, the masking warnings and intervals recomputed as one run would.
+///
+/// # Errors
+/// [`Error::ShardMerge`] for no sweeps or sweeps of different grids, and the errors of
+/// [`merge`] for any (attack, ε).
+pub fn merge_sweeps(sweeps: &[crate::metrics::Sweep]) -> Result<crate::metrics::Sweep> {
+    let fail = |reason: String| Error::ShardMerge { reason };
+    let first = sweeps
+        .first()
+        .ok_or_else(|| fail("no shard sweeps given".into()))?;
+    let grid: Vec<f32> = first.worst_case.iter().map(|p| p.eps).collect();
+    let (count, per_attack) = (first.reports.len(), grid.len().max(1));
+    for s in sweeps {
+        let eps: Vec<f32> = s.worst_case.iter().map(|p| p.eps).collect();
+        if s.reports.len() != count || eps != grid || s.model != first.model {
+            return Err(fail(
+                "the sweeps are of different models, attacks or ε grids".into(),
+            ));
+        }
+    }
+    let reports = (0..count)
+        .map(|k| {
+            merge(
+                &sweeps
+                    .iter()
+                    .map(|s| s.reports[k].clone())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let robust: Vec<Vec<Vec<bool>>> = reports
+        .chunks(per_attack)
+        .map(|attack| {
+            attack
+                .iter()
+                .map(|r| {
+                    r.per_sample
+                        .as_ref()
+                        .map(|p| p.robust.clone())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect();
+    let labels = reports
+        .first()
+        .and_then(|r| r.per_sample.as_ref())
+        .map(|p| p.label.clone())
+        .unwrap_or_default();
+    let mut counts = std::collections::HashMap::new();
+    for l in &labels {
+        *counts.entry(*l).or_insert(0usize) += 1;
+    }
+    let max_share = ratio(counts.values().copied().max().unwrap_or(0), labels.len());
+    let mut sweep = crate::metrics::Sweep {
+        schema_version: first.schema_version,
+        model: first.model.clone(),
+        worst_case: crate::metrics::worst_case(&grid, &robust),
+        warnings: crate::metrics::masking_warnings(&reports, max_share),
+        reports,
+    };
+    if let Some(i) = sweep.reports.first().and_then(|r| r.intervals) {
+        sweep.set_intervals(crate::metrics::IntervalSpec {
+            method: i.method,
+            confidence: i.confidence,
+        });
+    }
+    Ok(sweep)
+}

@@ -482,3 +482,65 @@ fn a_labelled_image_directory_shards_and_merges() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("row 1"), "{}", text(&bad.stderr));
 }
+
+/// `perturb eval --shard I/N`: the sweeps of three shards merge into the single sweep — every
+/// (attack, ε) report, the worst case per ε, the warnings — wall times aside.
+#[test]
+fn eval_sweeps_shard_and_merge() {
+    let sweep = |extra: &[&str], json: &Path| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "mnist-cnn",
+            "--attacks",
+            "fgsm,pgd",
+            "--eps",
+            "0,0.1,0.2",
+            "--param",
+            "steps=3",
+            "--n",
+            "40",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = perturb(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+    };
+    let strip = |path: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for r in v["reports"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("wall_time_s");
+        }
+        v
+    };
+    let whole = tmp("sweep-whole.json");
+    sweep(&[], &whole);
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = tmp(&format!("sweep-{i}-of-3.json"));
+            sweep(&["--shard", &format!("{i}/3")], &p);
+            p
+        })
+        .collect();
+    let merged = tmp("sweep-merged.json");
+    let out = merge(&shards, &merged);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(strip(&merged), strip(&whole));
+    // a sweep and a report are not one kind
+    let report = tmp("sweep-report.json");
+    attack(
+        &tmp("sweep-report"),
+        &["--n", "40", "--eps", "0.1", "--shard", "2/3"],
+        &[],
+    );
+    let o = merge(
+        &[shards[0].clone(), shards[1].clone(), report],
+        &tmp("mixed.json"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}

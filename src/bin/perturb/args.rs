@@ -293,6 +293,8 @@ pub struct EvalArgs {
     /// Write the sweep's reports as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    #[command(flatten)]
+    pub shard: crate::shard::ShardArgs,
     /// Instead of the fixed-ε sweep: comma-separated minimum-norm attacks (cw, deepfool, ddn,
     /// fab-t), each run once at a radius that never binds. Prints the median and mean distance
     /// found and robust accuracy at every --eps from that one run; --plot draws robust accuracy

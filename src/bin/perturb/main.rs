@@ -424,7 +424,7 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         ("--csv", &e.csv, true),
     ]))?;
     let intervals = e.confidence.spec()?;
-    let loaded = e.common.load(None)?;
+    let (loaded, shard) = e.common.load_shard(None, e.shard.resolve()?)?;
     let input = loaded.model.arch().input_shape();
     let norm: perturb::Norm = e.spec.norm.as_deref().unwrap_or("linf").parse()?;
     let grid = e.eps.as_deref().unwrap_or(args::default_eps_grid(norm));
@@ -477,7 +477,11 @@ fn eval(e: EvalArgs) -> Result<ExitCode> {
         attacks.push(e.spec.build_suite(suite, Some(reference), input)?);
     }
     let refs: Vec<&dyn FixedBudget> = attacks.iter().map(|a| a.as_ref()).collect();
-    let sweep = evaluator(&loaded, intervals, !e.common.quiet)?.sweep(&refs, &eps)?;
+    let mut eval = evaluator(&loaded, intervals, !e.common.quiet)?;
+    if let Some(info) = shard {
+        eval = eval.shard(info);
+    }
+    let sweep = eval.sweep(&refs, &eps)?;
     let show_ci = intervals.confidence > 0.0;
     let ci = |i: Option<Interval>| match i {
         Some(i) if show_ci => format!(" {i}"),

@@ -58,7 +58,7 @@ pub fn apply(mut loaded: Loaded, shard: Shard) -> Result<(Loaded, ShardInfo)> {
 /// `perturb merge`: the shard reports of one run, joined.
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// The shards' --json reports, in any order.
+    /// The shards' --json reports (of `attack`) or sweeps (of `eval`), in any order.
     #[arg(required = true, value_name = "REPORT")]
     pub reports: Vec<PathBuf>,
     /// Write the whole run's report as JSON.
@@ -74,6 +74,45 @@ pub fn merge(m: MergeArgs) -> Result<ExitCode> {
         ("--json", &m.json, true),
         ("--csv", &m.csv, true),
     ]))?;
+    // `attack --json` writes reports, `eval --json` sweeps: all of one kind
+    let mut texts = Vec::new();
+    for p in &m.reports {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+        texts.push((p, value.get("worst_case").is_some()));
+    }
+    if texts.iter().all(|(_, sweep)| *sweep) {
+        let sweeps = m
+            .reports
+            .iter()
+            .map(|p| -> Result<perturb::metrics::Sweep> {
+                let text = std::fs::read_to_string(p)?;
+                serde_json::from_str(&text).with_context(|| format!("{}: not a sweep", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sweep = perturb::eval::merge_sweeps(&sweeps).context("merge")?;
+        for r in &sweep.reports {
+            out!("{}", crate::summary(r, |c| Some(c.to_string())));
+        }
+        for w in &sweep.warnings {
+            eprintln!("warning: {w}");
+        }
+        out!("(merged from {} shards)", sweeps.len());
+        if let Some(path) = &m.json {
+            export::write_json(&sweep, path)?;
+        }
+        if let Some(path) = &m.csv {
+            export::write_csv(&sweep.reports, path)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some((p, _)) = texts.iter().find(|(_, sweep)| *sweep) {
+        bail!(
+            "{} is an eval sweep but other files are attack reports: merge one kind at a time",
+            p.display()
+        );
+    }
     let reports = m
         .reports
         .iter()
