@@ -544,3 +544,112 @@ fn eval_sweeps_shard_and_merge() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
+
+/// `attack --resume DIR`, killed with SIGKILL after a random number of batches and run again:
+/// the final report is the uninterrupted run's (wall time aside); the parts written before the
+/// kill are kept as they were; DIR never holds a partial report.
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_report() {
+    let args = |json: &Path, resume: Option<&Path>| {
+        let mut v: Vec<String> = RUN.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--n",
+                "64",
+                "--eps",
+                "0.2",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--json",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        v.push(json.to_str().unwrap().to_string());
+        if let Some(dir) = resume {
+            v.push("--resume".into());
+            v.push(dir.to_str().unwrap().into());
+        }
+        v
+    };
+    let whole = tmp("resume-whole.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(args(&whole, None))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = tmp("resume-progress");
+    let _ = std::fs::remove_dir_all(&dir);
+    let resumed = tmp("resume-resumed.json");
+    // kill after 1 to 6 of the 8 parts, a different count from run to run
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let kill_after = 1 + nanos % 6;
+    let parts = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("part-") && n.ends_with(".json"))
+        });
+        v.sort();
+        v
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(args(&resumed, Some(&dir)))
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while parts(&dir).len() < kill_after && start.elapsed().as_secs() < 120 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept: Vec<(PathBuf, Vec<u8>)> = parts(&dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            // whole reports only: each part parses
+            perturb::export::read_report(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < 8, "{} parts", kept.len());
+    let out = Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(args(&resumed, Some(&dir)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(without_wall_time(&resumed), without_wall_time(&whole));
+    for (p, bytes) in kept {
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            bytes,
+            "{} rewritten",
+            p.display()
+        );
+    }
+    assert_eq!(parts(&dir).len(), 8);
+    // progress of another run (another ε) is refused, not mixed in
+    let mut other_args = args(&tmp("resume-other.json"), Some(&dir));
+    let at = other_args.iter().position(|a| a == "0.2").unwrap();
+    other_args[at] = "0.1".into();
+    let other = Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(other_args)
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2), "{}", text(&other.stderr));
+    assert!(
+        text(&other.stderr).contains("different run"),
+        "{}",
+        text(&other.stderr)
+    );
+}

@@ -263,6 +263,12 @@ pub struct AttackArgs {
     pub force: bool,
     #[command(flatten)]
     pub shard: crate::shard::ShardArgs,
+    /// Keep progress in DIR: each batch's report is written there as it completes (a whole
+    /// file or none); run the same command again to continue where a killed run stopped. The
+    /// final report equals an uninterrupted run's (wall time aside). Reports only: not with
+    /// --save-adversarials, --grid or --save-png.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -335,6 +341,7 @@ pub struct GateArgs {
 }
 
 /// A model with its test data, ready to attack.
+#[derive(Clone)]
 pub struct Loaded {
     pub model: ZooModel,
     pub model_name: String,

@@ -17,6 +17,7 @@ mod args;
 mod minimal;
 mod outputs;
 mod patch;
+mod resume;
 mod shard;
 mod transfer;
 
@@ -299,6 +300,11 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         ("--grid", &a.grid, true),
         ("--save-adversarials", &a.save_adversarials, a.force),
     ]))?;
+    if a.resume.is_some()
+        && (a.save_adversarials.is_some() || a.grid.is_some() || a.save_png.is_some())
+    {
+        bail!("--resume keeps reports only: --save-adversarials, --grid and --save-png need one uninterrupted run");
+    }
     let intervals = a.confidence.spec()?;
     // one shard of a split run: its whole batches of the selection, recorded in the report
     let (loaded, shard) = a
@@ -306,6 +312,33 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         .load_shard(a.targeted.as_deref(), a.shard.resolve()?)?;
     let input = loaded.model.arch().input_shape();
     let attack = a.chosen.build(input)?;
+    if let Some(dir) = &a.resume {
+        let report = resume::run(
+            &loaded,
+            shard,
+            attack.as_ref(),
+            intervals,
+            dir,
+            !a.common.quiet,
+        )?;
+        let arch = loaded.model.arch();
+        out!(
+            "{}",
+            summary(&report, |c| arch
+                .class_name(c as usize)
+                .map(|n| n.to_string()))
+        );
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        if let Some(path) = &a.json {
+            export::write_json(&report, path)?;
+        }
+        if let Some(path) = &a.csv {
+            export::write_csv(std::slice::from_ref(&report), path)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut eval = evaluator(&loaded, intervals, !a.common.quiet)?;
     if let Some(info) = shard {
         eval = eval.shard(info);
