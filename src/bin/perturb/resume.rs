@@ -35,9 +35,18 @@ pub fn run(
         if path.exists() {
             let done = export::read_report(&path)
                 .with_context(|| format!("--resume: {}", path.display()))?;
-            if done.shard != Some(want) {
+            let expected = perturb::metrics::AttackInfo::of(attack);
+            let same_run = done.shard == Some(want)
+                && done.attack.name == expected.name
+                && done.attack.params == expected.params
+                && done.attack.target == loaded.target
+                && done.model == loaded.model_name
+                && done.model_sha256.as_deref() == loaded.model.sha256()
+                && done.data == loaded.data_name;
+            if !same_run {
                 bail!(
-                    "--resume {}: {} is progress of another run (remove the folder to start over)",
+                    "--resume {}: {} is progress of a different run (model, data, attack or its \
+                     parameters differ; remove the folder to start over)",
                     dir.display(),
                     path.display()
                 );
