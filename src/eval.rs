@@ -27,6 +27,15 @@ pub use progress::Progress;
 pub use shard::{merge, merge_sweeps, Shard, ShardInfo};
 pub use transfer::{transfer, TransferCell, TransferMatrix};
 
+/// Largest share of one class among `labels` (0 for none).
+pub(crate) fn class_share(labels: &[u32]) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for &l in labels {
+        *counts.entry(l).or_insert(0usize) += 1;
+    }
+    ratio(counts.values().copied().max().unwrap_or(0), labels.len())
+}
+
 /// Predicted class of every sample of `images`, in batches of `batch_size`.
 ///
 /// # Errors
@@ -247,14 +256,7 @@ impl<'a> Evaluator<'a> {
     /// Largest share of one class among the labels: the most robust accuracy any model can keep
     /// when every input can be moved to the same image.
     pub fn max_class_share(&self) -> f64 {
-        let mut counts = std::collections::HashMap::new();
-        for &l in &self.labels {
-            *counts.entry(l).or_insert(0usize) += 1;
-        }
-        ratio(
-            counts.values().copied().max().unwrap_or(0),
-            self.labels.len(),
-        )
+        class_share(&self.labels)
     }
 
     /// Number of samples the model classifies correctly when clean.

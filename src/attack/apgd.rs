@@ -296,7 +296,7 @@ impl Apgd {
             vec![judge.clone()]
         };
         // one generator per sample: its starts never depend on the batch around it
-        let mut rngs = SampleRngs::new(p.seed, batch.x())?;
+        let mut rngs = SampleRngs::new(p.seed, batch.x());
         for run_goal in &goals {
             for _ in 0..p.restarts {
                 let rows: Vec<u32> = (0..n as u32)

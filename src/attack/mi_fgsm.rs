@@ -300,7 +300,7 @@ impl Attack for MiFgsm {
             None
         };
         // one generator per sample: its transforms never depend on the batch around it
-        let mut rngs = SampleRngs::new(p.seed, x)?;
+        let mut rngs = SampleRngs::new(p.seed, x);
         let alpha = self.alpha();
         let mut cur = x.clone();
         let mut momentum = x.zeros_like()?;

@@ -175,7 +175,7 @@ impl Square {
         let clean: Vec<f32> = x.flatten_all()?.to_vec1::<f32>()?;
         let eps = self.budget.eps();
         // one generator per sample: its proposals never depend on the batch around it
-        let mut rngs = SampleRngs::new(self.params.seed, x)?;
+        let mut rngs = SampleRngs::new(self.params.seed, x);
         // start
         let mut best: Vec<f32> = match self.budget.norm() {
             Norm::Linf => linf_start(&clean, n, shape, eps, &mut rngs)?,

@@ -395,11 +395,7 @@ pub fn merge_sweeps(sweeps: &[crate::metrics::Sweep]) -> Result<crate::metrics::
         .and_then(|r| r.per_sample.as_ref())
         .map(|p| p.label.clone())
         .unwrap_or_default();
-    let mut counts = std::collections::HashMap::new();
-    for l in &labels {
-        *counts.entry(*l).or_insert(0usize) += 1;
-    }
-    let max_share = ratio(counts.values().copied().max().unwrap_or(0), labels.len());
+    let max_share = super::class_share(&labels);
     let mut sweep = crate::metrics::Sweep {
         schema_version: first.schema_version,
         model: first.model.clone(),

@@ -451,17 +451,20 @@ fn a_labelled_image_directory_shards_and_merges() {
         text(&out.stderr)
     );
     // a bad row is one line naming the file and the row
+    let attack_dir = || {
+        perturb(&[
+            "attack",
+            "--model",
+            "efficientnet-lite0",
+            "--data",
+            d,
+            "--eps",
+            "0.004",
+            "--quiet",
+        ])
+    };
     std::fs::write(dir.join("labels.csv"), "chelsea.png,285\ncoffee.png\n").unwrap();
-    let bad = perturb(&[
-        "attack",
-        "--model",
-        "efficientnet-lite0",
-        "--data",
-        d,
-        "--eps",
-        "0.004",
-        "--quiet",
-    ]);
+    let bad = attack_dir();
     assert_eq!(bad.status.code(), Some(2));
     let stderr = text(&bad.stderr);
     assert!(
@@ -469,16 +472,7 @@ fn a_labelled_image_directory_shards_and_merges() {
         "{stderr}"
     );
     std::fs::write(dir.join("labels.csv"), "chelsea.png,not a class at all\n").unwrap();
-    let bad = perturb(&[
-        "attack",
-        "--model",
-        "efficientnet-lite0",
-        "--data",
-        d,
-        "--eps",
-        "0.004",
-        "--quiet",
-    ]);
+    let bad = attack_dir();
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("row 1"), "{}", text(&bad.stderr));
 }

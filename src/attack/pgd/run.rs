@@ -129,7 +129,7 @@ impl Pgd {
         };
         let n = x.dim(0)?;
         // one generator per sample: its starts never depend on the batch around it
-        let mut rngs = SampleRngs::new(p.seed, x)?;
+        let mut rngs = SampleRngs::new(p.seed, x);
         let mut best_x = x.clone();
         let mut best_success = vec![false; n];
         // The logits of `best_x`, so that judging it costs no forward pass. Without clean logits

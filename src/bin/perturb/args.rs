@@ -558,30 +558,9 @@ impl Common {
         self.load_with(target, Split::Test, shard)
     }
 
+    /// The model and the selection (`--data` rows, `--image` files or MNIST digits), or the
+    /// part of it that `shard` covers.
     fn load_with(
-        &self,
-        target: Option<&str>,
-        split: Split,
-        shard: Option<Shard>,
-    ) -> Result<(Loaded, Option<ShardInfo>)> {
-        if self.data.is_none() {
-            let loaded = self.load_all(target, split)?;
-            return match shard {
-                Some(s) => {
-                    let (loaded, info) = crate::shard::apply(loaded, s)?;
-                    Ok((loaded, Some(info)))
-                }
-                None => Ok((loaded, None)),
-            };
-        }
-        self.load_inner(target, split, shard)
-    }
-
-    fn load_all(&self, target: Option<&str>, split: Split) -> Result<Loaded> {
-        Ok(self.load_inner(target, split, None)?.0)
-    }
-
-    fn load_inner(
         &self,
         target: Option<&str>,
         split: Split,
@@ -603,15 +582,15 @@ impl Common {
         if self.n == Some(0) || self.batch_size == 0 {
             bail!("--n and --batch-size must be at least 1");
         }
+        let arch = model.arch();
+        let target = target
+            .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
+            .transpose()
+            .context("--targeted")?;
         if let Some(dir) = &self.data {
-            let arch = model.arch();
-            let target = target
-                .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
-                .transpose()
-                .context("--targeted")?;
+            // a shard of a directory decodes its own rows alone
             return self.load_dir(model, dir, target, &device, shard);
         }
-        let arch = model.arch();
         // refused up front, with the figure, rather than killed half-way by the kernel
         let samples = match self.images.len() {
             0 => self.n(),
@@ -620,13 +599,29 @@ impl Common {
         arch.memory_plan(samples, self.batch_size)
             .check_available()
             .context("--n and --batch-size")?;
-        let target = target
-            .map(|t| zoo::class_index(t, arch.num_classes()).map(|i| i as u32))
-            .transpose()
-            .context("--targeted")?;
-        if !self.images.is_empty() {
-            return Ok((self.load_files(model, target, &device)?, None));
+        let loaded = if !self.images.is_empty() {
+            self.load_files(model, target, &device)?
+        } else {
+            self.load_mnist(model, target, split, &device)?
+        };
+        match shard {
+            Some(s) => {
+                let (loaded, info) = crate::shard::apply(loaded, s)?;
+                Ok((loaded, Some(info)))
+            }
+            None => Ok((loaded, None)),
         }
+    }
+
+    /// The MNIST digits `[offset, offset + n)` of `split`, without the `target` class.
+    fn load_mnist(
+        &self,
+        model: ZooModel,
+        target: Option<u32>,
+        split: Split,
+        device: &candle_core::Device,
+    ) -> Result<Loaded> {
+        let arch = model.arch();
         if !arch.is_mnist() {
             bail!(
                 "{} classifies {}x{} RGB photos: give them with --image PATH",
@@ -636,9 +631,9 @@ impl Common {
             );
         }
         let (images, labels) = match split {
-            Split::Test => Mnist::load_test_default(&device)?,
+            Split::Test => Mnist::load_test_default(device)?,
             Split::Train => {
-                let m = Mnist::load_default(&device)?;
+                let m = Mnist::load_default(device)?;
                 (m.train_images, m.train_labels)
             }
         };
@@ -649,7 +644,7 @@ impl Common {
             let all = labels.to_vec1::<u32>()?;
             positions.retain(|&i| all[i] != t);
             let keep: Vec<u32> = positions.iter().map(|&i| i as u32).collect();
-            let keep = Tensor::new(keep.as_slice(), &device)?;
+            let keep = Tensor::new(keep.as_slice(), device)?;
             images = images.index_select(&keep, 0)?;
             labels = labels.index_select(&keep, 0)?;
         }
@@ -675,20 +670,17 @@ impl Common {
             None => format!("{set}[{offset}..{end}]"),
             Some(t) => format!("{set} without class {t}[{offset}..{end}]"),
         };
-        Ok((
-            Loaded {
-                model,
-                model_name: self.model.clone(),
-                images: images.narrow(0, offset, n)?,
-                labels: labels.narrow(0, offset, n)?,
-                data_name,
-                batch_size: self.batch_size,
-                target,
-                files: Vec::new(),
-                indices: positions[offset..end].to_vec(),
-            },
-            None,
-        ))
+        Ok(Loaded {
+            model,
+            model_name: self.model.clone(),
+            images: images.narrow(0, offset, n)?,
+            labels: labels.narrow(0, offset, n)?,
+            data_name,
+            batch_size: self.batch_size,
+            target,
+            files: Vec::new(),
+            indices: positions[offset..end].to_vec(),
+        })
     }
 
     /// The rows `[offset, offset + n)` of `dir/labels.csv` (all of them by default), labelled

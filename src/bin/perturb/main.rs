@@ -331,12 +331,7 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
-        if let Some(path) = &a.json {
-            export::write_json(&report, path)?;
-        }
-        if let Some(path) = &a.csv {
-            export::write_csv(std::slice::from_ref(&report), path)?;
-        }
+        write_report(&report, a.json.as_deref(), a.csv.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut eval = evaluator(&loaded, intervals, !a.common.quiet)?;
@@ -381,12 +376,7 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         let first = a.common.offset() + shard.map_or(0, |s| s.start);
         save_pngs(&run, &loaded, first, "adv", dir)?;
     }
-    if let Some(path) = &a.json {
-        export::write_json(&run.report, path)?;
-    }
-    if let Some(path) = &a.csv {
-        export::write_csv(std::slice::from_ref(&run.report), path)?;
-    }
+    write_report(&run.report, a.json.as_deref(), a.csv.as_deref())?;
     if let Some(path) = &a.save_adversarials {
         let o = &run.outcome;
         export::save_adversarials(
@@ -402,6 +392,17 @@ fn attack(a: AttackArgs) -> Result<ExitCode> {
         grid(&loaded.images, &run.x_adv, &run.outcome, path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report` as JSON and as CSV, where asked.
+fn write_report(report: &Report, json: Option<&Path>, csv: Option<&Path>) -> Result<()> {
+    if let Some(path) = json {
+        export::write_json(report, path)?;
+    }
+    if let Some(path) = csv {
+        export::write_csv(std::slice::from_ref(report), path)?;
+    }
+    Ok(())
 }
 
 /// Each image of `run` as a lossless PNG in `dir`: `<file stem>.<suffix>.png` for `--image`

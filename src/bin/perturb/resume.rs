@@ -27,6 +27,7 @@ pub fn run(
     std::fs::create_dir_all(dir).with_context(|| format!("--resume {}", dir.display()))?;
     let n = loaded.labels.dim(0)?;
     let parts = n.div_ceil(loaded.batch_size.max(1)).max(1);
+    let expected = perturb::metrics::AttackInfo::of(attack);
     let mut reports = Vec::with_capacity(parts);
     for b in 0..parts {
         let shard = Shard::new(b, parts)?;
@@ -35,7 +36,6 @@ pub fn run(
         if path.exists() {
             let done = export::read_report(&path)
                 .with_context(|| format!("--resume: {}", path.display()))?;
-            let expected = perturb::metrics::AttackInfo::of(attack);
             let same_run = done.shard == Some(want)
                 && done.attack.name == expected.name
                 && done.attack.params == expected.params

@@ -127,11 +127,6 @@ pub fn merge(m: MergeArgs) -> Result<ExitCode> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    if let Some(path) = &m.json {
-        export::write_json(&report, path)?;
-    }
-    if let Some(path) = &m.csv {
-        export::write_csv(std::slice::from_ref(&report), path)?;
-    }
+    crate::write_report(&report, m.json.as_deref(), m.csv.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
