@@ -22,7 +22,8 @@ mod heatmap;
 #[cfg(feature = "plot")]
 mod plot;
 
-pub(crate) use atomic::write_atomic;
+pub use atomic::write_atomic;
+pub(crate) use atomic::write_image;
 pub use ci::{junit, markdown, write_junit, write_markdown};
 #[cfg(feature = "plot")]
 pub use heatmap::plot_heatmap;

@@ -112,10 +112,7 @@ pub fn save_png(t: &Tensor, path: impl AsRef<Path>, scale: u32) -> Result<()> {
         DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, bytes).ok_or_else(shape_err)?)
     };
     let img = img.resize_exact(w * scale, h * scale, FilterType::Nearest);
-    img.save(path).map_err(|e| Error::Io {
-        file: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    crate::export::write_image(&img, path)
 }
 
 /// The sample photos vendored in `assets/images/` (from scikit-image; licences in

@@ -28,8 +28,7 @@ pub(super) fn register_font() {
 pub(super) fn save_rgb(buf: Vec<u8>, width: u32, height: u32, path: &Path) -> Result<()> {
     let img = image::RgbImage::from_raw(width, height, buf)
         .ok_or_else(|| io_error(path, "image buffer of the wrong size"))?;
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| io_error(path, e))
+    super::write_image(&image::DynamicImage::ImageRgb8(img), path)
 }
 
 /// Size in pixels of the curve PNG of [`plot_curve`].

@@ -106,8 +106,7 @@ pub fn run(t: TransferArgs) -> Result<ExitCode> {
         export::write_json(&matrix, path)?;
     }
     if let Some(path) = &t.csv {
-        std::fs::write(path, matrix.to_csv())
-            .with_context(|| format!("writing {}", path.display()))?;
+        export::write_atomic(path, matrix.to_csv().as_bytes())?;
     }
     if let Some(path) = &t.plot {
         let rows = names;
