@@ -109,7 +109,7 @@ pub fn train(
         vars.push((name.clone(), v));
     }
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let model = arch.build(&live, std::path::Path::new("<training>"))?;
+    let model = arch.build_trainable(&live, std::path::Path::new("<training>"))?;
     let params = ParamsAdamW {
         lr: cfg.lr,
         weight_decay: 0.0,

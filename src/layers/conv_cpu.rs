@@ -168,7 +168,18 @@ impl ConstConv {
         }
     }
 
-    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+    /// The kernel's shape `[O, C, KH, KW]` and its fused activation.
+    pub(super) fn kernel(&self) -> ([usize; 4], Act) {
+        ([self.o, self.c, self.kh, self.kw], self.act)
+    }
+
+    /// The zero padding `(rows, columns)` on each side.
+    pub(super) fn padding(&self) -> (usize, usize) {
+        (self.ph, self.pw)
+    }
+
+    /// The output size of an `h × w` input; `None` when the kernel does not fit.
+    pub(super) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let (hp, wp) = (h + 2 * self.ph, w + 2 * self.pw);
         (hp >= self.kh && wp >= self.kw).then(|| (hp - self.kh + 1, wp - self.kw + 1))
     }

@@ -44,8 +44,13 @@ impl ConstLinear {
         Self { act, ..self }
     }
 
+    /// Output and input widths and the fused activation.
+    pub(super) fn dims(&self) -> (usize, usize, Act) {
+        (self.out, self.inp, self.act)
+    }
+
     /// Rows of a `[N, …]` input, checked against the layer's input width.
-    fn rows(&self, len: usize, shape: &Shape) -> Result<usize> {
+    pub(super) fn rows(&self, len: usize, shape: &Shape) -> Result<usize> {
         let n = shape.dims().first().copied().unwrap_or(0);
         if shape.rank() < 2 || n * self.inp != len || shape.elem_count() != len {
             candle_core::bail!(
@@ -82,7 +87,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 22;
 
 /// Threads for a product of `macs` multiply-adds. gemm splits the output, never the sum, so the
 /// bits do not depend on the thread count.
-fn parallelism(macs: usize) -> gemm::Parallelism {
+pub(super) fn parallelism(macs: usize) -> gemm::Parallelism {
     match rayon::current_num_threads() {
         _ if macs < PARALLEL_MIN_MACS => gemm::Parallelism::None,
         0 | 1 => gemm::Parallelism::None,

@@ -13,6 +13,7 @@ mod input_grad;
 mod linear_cpu;
 mod matmul;
 mod max_pool_cpu;
+mod weight_grad;
 
 pub use depthwise_cpu::{same_padding, DepthwiseConv2d};
 
@@ -24,7 +25,19 @@ use conv_cpu::Act;
 /// Whether a weight can take the fast kernels: a constant (not a [`Var`](candle_core::Var),
 /// so no weight gradient is wanted) `f32` tensor on the CPU.
 fn is_constant_cpu_f32(t: &Tensor) -> bool {
-    !t.is_variable() && t.device().is_cpu() && t.dtype() == DType::F32
+    !t.is_variable() && is_cpu_f32(t)
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Whether a layer's weight and bias take the trainable kernels of `weight_grad.rs`: a bias is
+/// there, both are `f32` on the CPU, and at least one is a [`Var`](candle_core::Var).
+fn is_trained_cpu_f32(weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    bias.is_some_and(|b| {
+        is_cpu_f32(weight) && is_cpu_f32(b) && (weight.is_variable() || b.is_variable())
+    })
 }
 
 /// `act` with candle's own ops (the path for other devices and trained weights).
@@ -143,9 +156,12 @@ impl Module for MaxPool2d {
 /// one group and padding smaller than the kernel, the forward pass is GEMMs per sample (one per
 /// kernel offset, or im2col and one), and the backward pass computes only the input gradient, as
 /// one more such convolution
-/// (see `conv_cpu.rs`): no weight gradient, no `conv_transpose2d`. In every other case (weights
-/// being trained, other devices or configurations) it is candle-nn's `Conv2d` with stock
-/// autograd. Values and gradients agree with candle-nn to float rounding.
+/// (see `conv_cpu.rs`): no weight gradient, no `conv_transpose2d`. With weights being trained
+/// ([`Var`](candle_core::Var)s with a bias, same configurations, after
+/// [`trainable`](Conv2d::trainable)) forward is the same kernel and
+/// backward adds the weight and bias gradients, one GEMM per chunk of samples
+/// (`weight_grad.rs`). In every other case (other devices or configurations) it is candle-nn's
+/// `Conv2d` with stock autograd. Values and gradients agree with candle-nn to float rounding.
 ///
 /// ```
 /// use candle_core::{Device, Module, Tensor, Var};
@@ -172,6 +188,8 @@ impl Module for MaxPool2d {
 pub struct Conv2d {
     stock: candle_nn::Conv2d,
     fast: Option<conv_cpu::ConstConv>,
+    /// The padding of the trainable kernel, when the weights are being trained and fit it.
+    train: Option<(usize, usize)>,
     act: Act,
 }
 
@@ -185,12 +203,9 @@ impl Conv2d {
         bias: Option<Tensor>,
         config: candle_nn::Conv2dConfig,
     ) -> candle_core::Result<Self> {
-        let eligible = is_constant_cpu_f32(&weight)
-            && bias.as_ref().is_none_or(is_constant_cpu_f32)
-            && config.stride == 1
-            && config.dilation == 1
-            && config.groups == 1
-            && weight.rank() == 4;
+        let eligible = fast_geometry(&weight, &config)
+            && is_constant_cpu_f32(&weight)
+            && bias.as_ref().is_none_or(is_constant_cpu_f32);
         let fast = if eligible {
             let dims = weight.dims4()?;
             let w = weight.flatten_all()?.to_vec1::<f32>()?;
@@ -206,6 +221,7 @@ impl Conv2d {
         Ok(Self {
             stock: candle_nn::Conv2d::new(weight, bias, config),
             fast,
+            train: None,
             act: Act::Linear,
         })
     }
@@ -232,9 +248,49 @@ impl Conv2d {
         }
     }
 
+    /// The same layer for training: where its weights are [`Var`](candle_core::Var)s with a
+    /// bias, `f32` on the CPU, in the configurations of the constant-weight path, forward is the
+    /// fast kernel run on the weights' current values and backward computes the input, weight
+    /// and bias gradients with GEMMs (see [`is_fast_trainable`](Self::is_fast_trainable));
+    /// otherwise unchanged. Without this call, variables take candle's own autograd, the
+    /// reference our kernels are tested against.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, Tensor, Var};
+    /// let dev = Device::Cpu;
+    /// let w = Var::ones((2, 1, 3, 3), DType::F32, &dev)?;
+    /// let b = Var::zeros(2, DType::F32, &dev)?;
+    /// let conv = perturb::layers::Conv2d::new(
+    ///     w.as_tensor().clone(),
+    ///     Some(b.as_tensor().clone()),
+    ///     Default::default(),
+    /// )?
+    /// .trainable();
+    /// assert!(conv.is_fast_trainable());
+    /// let x = Tensor::ones((1, 1, 4, 4), DType::F32, &dev)?;
+    /// let grads = conv.forward(&x)?.sum_all()?.backward()?;
+    /// let gw = grads.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("none".into()))?;
+    /// // each weight meets the four output positions, each input pixel 1
+    /// assert_eq!(gw.flatten_all()?.to_vec1::<f32>()?, vec![4.0; 18]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn trainable(self) -> Self {
+        let (weight, config) = (self.stock.weight(), self.stock.config());
+        let train = (fast_geometry(weight, config)
+            && is_trained_cpu_f32(weight, self.stock.bias()))
+        .then_some((config.padding, config.padding));
+        Self { train, ..self }
+    }
+
     /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// Whether the fast trainable path is in use (on CPU `f32` inputs): the weights are
+    /// variables and backward computes their gradients with GEMMs, not candle's autograd.
+    pub fn is_fast_trainable(&self) -> bool {
+        self.train.is_some()
     }
 
     /// The equivalent candle-nn layer.
@@ -254,12 +310,28 @@ impl TryFrom<candle_nn::Conv2d> for Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.fast {
-            Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op1(op.clone())
-            }
-            _ => activate(&self.stock.forward(x)?, self.act),
+            Some(op) if is_cpu_f32(x) => x.contiguous()?.apply_op1(op.clone()),
+            _ => match (self.train, self.stock.bias()) {
+                (Some(pad), Some(b)) if is_cpu_f32(x) => x.contiguous()?.apply_op3(
+                    self.stock.weight(),
+                    b,
+                    weight_grad::TrainConv::new(pad, self.act),
+                ),
+                _ => activate(&self.stock.forward(x)?, self.act),
+            },
         }
     }
+}
+
+/// Whether a convolution's configuration fits the fast kernels: stride 1, no dilation, one
+/// group, padding below the kernel's size.
+fn fast_geometry(weight: &Tensor, config: &candle_nn::Conv2dConfig) -> bool {
+    config.stride == 1
+        && config.dilation == 1
+        && config.groups == 1
+        && weight.rank() == 4
+        && weight.dim(2).is_ok_and(|kh| config.padding < kh)
+        && weight.dim(3).is_ok_and(|kw| config.padding < kw)
 }
 
 /// A fully connected layer that computes only the input gradient when its weights are constants.
@@ -267,8 +339,9 @@ impl Module for Conv2d {
 /// With constant (non-[`Var`](candle_core::Var)) `f32` weights on the CPU, the layer is one
 /// custom op whose backward is `∂L/∂x = g · W` alone: candle's own `matmul` backward also
 /// computes the weight gradient (a GEMM, a zero tensor and an addition of the weight's size per
-/// attack step) that an attack never reads. In every other case it is candle-nn's `Linear` with
-/// stock autograd. Inputs `[N, …]` are flattened to `[N, in]` first. Values and gradients agree
+/// attack step) that an attack never reads. With weights being trained (variables, with a bias, after
+/// [`trainable`](Linear::trainable)) backward adds their gradients, one GEMM each (`weight_grad.rs`). In every other case it is
+/// candle-nn's `Linear` with stock autograd. Inputs `[N, …]` are flattened to `[N, in]` first. Values and gradients agree
 /// with candle-nn to float rounding.
 ///
 /// ```
@@ -293,6 +366,8 @@ impl Module for Conv2d {
 pub struct Linear {
     stock: candle_nn::Linear,
     fast: Option<linear_cpu::ConstLinear>,
+    /// Whether the weights are being trained and take the trainable kernel.
+    train: bool,
     act: Act,
 }
 
@@ -319,11 +394,13 @@ impl Linear {
         Ok(Self {
             stock: candle_nn::Linear::new(weight, bias),
             fast,
+            train: false,
             act: Act::Linear,
         })
     }
 
-    /// The same layer followed by a ReLU, fused on the fast path (gradient 0 at 0, as PyTorch).
+    /// The same layer followed by a ReLU, fused on the fast paths (gradient 0 at 0, as
+    /// PyTorch).
     pub fn with_relu(self) -> Self {
         Self {
             fast: self.fast.map(|f| f.with_act(Act::Relu)),
@@ -335,6 +412,36 @@ impl Linear {
     /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// The same layer for training: with [`Var`](candle_core::Var) weights and a bias, `f32` on
+    /// the CPU, backward computes the input, weight and bias gradients with GEMMs; otherwise
+    /// unchanged. As [`Conv2d::trainable`].
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, Tensor, Var};
+    /// let dev = Device::Cpu;
+    /// let w = Var::new(&[[1.0f32, 2.0], [3.0, 4.0]], &dev)?;
+    /// let b = Var::zeros(2, DType::F32, &dev)?;
+    /// let fc = perturb::layers::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()))?
+    ///     .trainable();
+    /// assert!(fc.is_fast_trainable());
+    /// let x = Tensor::new(&[[0.5f32, -1.0]], &dev)?;
+    /// let grads = fc.forward(&x)?.sum_all()?.backward()?;
+    /// let gw = grads.get(w.as_tensor()).ok_or_else(|| candle_core::Error::Msg("none".into()))?;
+    /// assert_eq!(gw.to_vec2::<f32>()?, [[0.5, -1.0], [0.5, -1.0]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn trainable(self) -> Self {
+        let weight = self.stock.weight();
+        let train = weight.rank() == 2 && is_trained_cpu_f32(weight, self.stock.bias());
+        Self { train, ..self }
+    }
+
+    /// Whether the fast trainable path is in use (on CPU `f32` inputs): the weights are
+    /// variables and backward computes their gradients with GEMMs.
+    pub fn is_fast_trainable(&self) -> bool {
+        self.train
     }
 
     /// The equivalent candle-nn layer.
@@ -355,10 +462,15 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.flatten_from(1)?;
         match &self.fast {
-            Some(op) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op1(op.clone())
-            }
-            _ => activate(&self.stock.forward(&x)?, self.act),
+            Some(op) if is_cpu_f32(&x) => x.contiguous()?.apply_op1(op.clone()),
+            _ => match self.stock.bias() {
+                Some(b) if self.train && is_cpu_f32(&x) => x.contiguous()?.apply_op3(
+                    self.stock.weight(),
+                    b,
+                    weight_grad::TrainLinear::new(self.act),
+                ),
+                _ => activate(&self.stock.forward(&x)?, self.act),
+            },
         }
     }
 }

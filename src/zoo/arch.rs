@@ -77,10 +77,12 @@ impl MnistLinear {
         linear_specs("fc", 784, 10).to_vec()
     }
 
-    /// Build from named tensors (as loaded from safetensors).
-    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>) -> Option<Self> {
+    /// Build from named tensors (as loaded from safetensors); `trainable` as
+    /// [`Linear::trainable`].
+    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>, trainable: bool) -> Option<Self> {
+        let fc = Linear::new(t.get("fc.weight")?.clone(), Some(t.get("fc.bias")?.clone())).ok()?;
         Some(Self {
-            fc: Linear::new(t.get("fc.weight")?.clone(), Some(t.get("fc.bias")?.clone())).ok()?,
+            fc: if trainable { fc.trainable() } else { fc },
         })
     }
 }
@@ -103,19 +105,21 @@ impl SmallCnn {
         convs.chain(fcs).collect()
     }
 
-    /// Build from named tensors (as loaded from safetensors).
-    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>) -> Option<Self> {
+    /// Build from named tensors (as loaded from safetensors); `trainable` as
+    /// [`Conv2d::trainable`] and [`Linear::trainable`].
+    pub(crate) fn from_tensors(t: &HashMap<String, Tensor>, trainable: bool) -> Option<Self> {
         let conv = |i: usize| -> Option<Conv2d> {
             let w = t.get(&format!("features.{i}.weight"))?.clone();
             let b = t.get(&format!("features.{i}.bias"))?.clone();
-            Conv2d::new(w, Some(b), Conv2dConfig::default())
-                .ok()
-                .map(Conv2d::with_relu)
+            let conv = Conv2d::new(w, Some(b), Conv2dConfig::default()).ok()?;
+            let conv = if trainable { conv.trainable() } else { conv };
+            Some(conv.with_relu())
         };
         let fc = |i: usize| -> Option<Linear> {
             let w = t.get(&format!("classifier.{i}.weight"))?.clone();
             let b = t.get(&format!("classifier.{i}.bias"))?.clone();
-            Linear::new(w, Some(b)).ok()
+            let fc = Linear::new(w, Some(b)).ok()?;
+            Some(if trainable { fc.trainable() } else { fc })
         };
         Some(Self {
             convs: [conv(0)?, conv(2)?, conv(5)?, conv(7)?],

@@ -43,3 +43,4 @@ mod transfer;
 mod transfer_cli;
 #[cfg(feature = "cli")]
 mod verify;
+mod weight_grads;
