@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use candle_core::{Device, Module, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use common::ten_gradients::{self, TenGradients};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use perturb::attack::{Apgd, PatchTrainer, Transforms};
@@ -142,6 +143,35 @@ fn benches(c: &mut Criterion) {
         });
     g.bench_function("train_step_b32", |b| {
         b.iter(|| patch.train(cnn, &train).expect("patch"))
+    });
+    g.finish();
+
+    // One training step of SmallCNN at batch 128 (forward, cross-entropy, backward through the
+    // trainable layers' weight gradients, AdamW), next to the constant-weight forward pass it is
+    // measured in units of (issue 21's goal: a step within 3 forward passes).
+    let mut g = c.benchmark_group("small-cnn/train_b128");
+    g.sample_size(10);
+    let s = zoo::shipped("mnist-cnn").expect("shipped");
+    let path = zoo::models_dir().join(s.file);
+    let weights = candle_core::safetensors::load(&path, &dev).expect("weights");
+    let mut vars = Vec::new();
+    let mut live = HashMap::new();
+    for (name, t) in &weights {
+        let v = Var::from_tensor(t).expect("var");
+        live.insert(name.clone(), v.as_tensor().clone());
+        vars.push(v);
+    }
+    let trainable = s.arch.build_trainable(&live, &path).expect("build");
+    let mut opt = AdamW::new(vars, ParamsAdamW::default()).expect("adam");
+    let x = images.narrow(0, 0, 128).expect("x");
+    let y = labels.narrow(0, 0, 128).expect("y");
+    g.bench_function("forward", |b| b.iter(|| cnn.forward(&x).expect("forward")));
+    g.bench_function("train_step", |b| {
+        b.iter(|| {
+            let logits = trainable.forward(&x).expect("forward");
+            let loss = candle_nn::loss::cross_entropy(&logits, &y).expect("loss");
+            opt.backward_step(&loss).expect("step")
+        })
     });
     g.finish();
 

@@ -5,7 +5,10 @@
 //! cargo run --release --example train -- --arch small-cnn --epochs 4 --out mnist-cnn.safetensors
 //! # adversarial training with FGSM + random start (Wong et al. 2020) at ε = 0.3:
 //! cargo run --release --example train -- --arch small-cnn --epochs 10 --adversarial fgsm-rs \
-//!     --eps 0.3 --alpha 0.375 --out mnist-cnn-robust.safetensors
+//!     --eps 0.3 --alpha 0.375 --out mnist-cnn-fgsm-rs.safetensors
+//! # TRADES (Zhang et al. 2019) with β = 6, 10 steps of 0.075, ε warmed up over 2 epochs:
+//! cargo run --release --example train -- --arch small-cnn --epochs 20 --adversarial trades \
+//!     --eps 0.3 --alpha 0.075 --steps 10 --beta 6 --eps-warmup 2 --out mnist-cnn-trades.safetensors
 //! ```
 //! Prints one line per epoch, then the clean test accuracy, the wall time and the sha256 of the
 //! written file: everything a model card records. `--help` lists the flags.
@@ -16,7 +19,8 @@
 //! a pinned model, which `perturb models` then reports as MISMATCH and the zoo refuses. To check
 //! a reproduction, compare the printed sha256 with `models/SHA256SUMS`.
 //!
-//! Long runs can span sessions: `--checkpoint FILE` saves the weights after every epoch, and
+//! Long runs can span sessions: `--checkpoint FILE` saves the weights after every epoch (`{epoch}`
+//! in the name keeps one file per epoch, e.g. for a robust-accuracy curve), and
 //! `--init FILE --start-epoch K` resumes at epoch K with the same shuffles, attack seeds and
 //! learning rates (Adam's moments restart from zero, so give both commands on the card).
 
@@ -27,7 +31,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Parser;
 use perturb::data::Mnist;
-use perturb::train::{train, TrainConfig};
+use perturb::train::{train, Objective, Trades, TrainConfig};
 use perturb::zoo::{self, Arch};
 use perturb::{Attack, Budget, Pgd};
 
@@ -52,16 +56,22 @@ struct Cli {
     /// Seed of initialization, shuffling and attacks [default: 0]
     #[arg(long)]
     seed: Option<u64>,
-    /// Adversarial training: fgsm-rs (FGSM with random start) or pgd
+    /// Adversarial training: fgsm-rs (FGSM with random start), pgd (Madry et al.) or trades
     #[arg(long)]
     adversarial: Option<String>,
+    /// Weight of the KL term of --adversarial trades
+    #[arg(long, default_value_t = 6.0)]
+    beta: f32,
+    /// Epochs over which ε grows linearly from 0 to --eps [default: 0]
+    #[arg(long = "eps-warmup")]
+    eps_warmup: Option<usize>,
     /// L∞ budget of adversarial training
     #[arg(long, default_value_t = 0.3)]
     eps: f32,
     /// Step size of adversarial training [default: 1.25 × eps]
     #[arg(long)]
     alpha: Option<f32>,
-    /// PGD steps of --adversarial pgd
+    /// Steps of --adversarial pgd or trades
     #[arg(long, default_value_t = 1)]
     steps: usize,
     /// Train on the first N training images only
@@ -76,7 +86,7 @@ struct Cli {
     /// First epoch to run (from 1), when resuming from --init [default: 1]
     #[arg(long = "start-epoch")]
     start_epoch: Option<usize>,
-    /// Save the weights to this file after every epoch
+    /// Save the weights to this file after every epoch ({epoch} in the name: one file per epoch)
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Allow --out or --checkpoint inside the shipped models/ folder (replacing a shipped model
@@ -92,6 +102,7 @@ struct Args {
     eps: f32,
     alpha: Option<f32>,
     steps: usize,
+    beta: f32,
     out: PathBuf,
     limit: Option<usize>,
     init: Option<PathBuf>,
@@ -152,6 +163,9 @@ fn parse() -> Result<Args> {
     if let Some(v) = cli.start_epoch {
         cfg.start_epoch = v;
     }
+    if let Some(v) = cli.eps_warmup {
+        cfg.eps_warmup_epochs = v;
+    }
     for (flag, path) in [
         ("--out", Some(&cli.out)),
         ("--checkpoint", cli.checkpoint.as_ref()),
@@ -173,6 +187,7 @@ fn parse() -> Result<Args> {
         eps: cli.eps,
         alpha: cli.alpha,
         steps: cli.steps,
+        beta: cli.beta,
         out: cli.out,
         limit: cli.limit,
         init: cli.init,
@@ -191,36 +206,36 @@ fn main() -> Result<()> {
         labels = labels.narrow(0, 0, n)?;
     }
     // FGSM with random start is PGD with one step from a random point (Wong et al. 2020).
-    let attack: Option<Pgd> = match args.adversarial.as_deref() {
-        None => None,
-        Some("fgsm-rs" | "pgd") => {
-            let budget = Budget::linf(args.eps)?;
-            let steps = if args.adversarial.as_deref() == Some("pgd") {
-                args.steps
-            } else {
-                1
-            };
-            let alpha = args.alpha.unwrap_or(1.25 * args.eps);
-            Some(
-                Pgd::new(budget)
-                    .steps(steps)
-                    .step_size(alpha)
-                    .seed(args.cfg.seed)
-                    .check_gradient(false),
-            )
-        }
-        Some(other) => bail!("unknown adversarial training {other} (fgsm-rs or pgd)"),
+    let alpha = args.alpha.unwrap_or(1.25 * args.eps);
+    let pgd_steps = match args.adversarial.as_deref() {
+        Some("fgsm-rs") => Some(1),
+        Some("pgd") => Some(args.steps),
+        _ => None,
     };
-    // A fresh, reproducible seed for every batch's random starts.
-    let make_attack = attack
-        .clone()
-        .map(|pgd| move |seed: u64| Box::new(pgd.clone().seed(seed)) as Box<dyn Attack>);
+    // A fresh, reproducible seed for every batch's random starts; budget and step scaled by the
+    // warm-up.
+    let eps = args.eps;
+    let make_attack = move |batch_seed: u64, scale: f32| -> perturb::Result<Box<dyn Attack>> {
+        let pgd = Pgd::new(Budget::linf(eps * scale)?)
+            .steps(pgd_steps.unwrap_or(1))
+            .step_size(alpha * scale)
+            .seed(batch_seed)
+            .check_gradient(false);
+        Ok(Box::new(pgd))
+    };
+    let objective = match args.adversarial.as_deref() {
+        None => Objective::Clean,
+        Some("fgsm-rs" | "pgd") => Objective::Adversarial(&make_attack),
+        Some("trades") => Objective::Trades(Trades::new(args.eps, alpha, args.steps, args.beta)?),
+        Some(other) => bail!("unknown adversarial training {other} (fgsm-rs, pgd or trades)"),
+    };
     println!(
-        "training {} on {} images: {:?}, attack {:?}",
+        "training {} on {} images: {:?}, {objective:?}, eps {}, step {alpha}, steps {}",
         args.arch,
         images.dim(0)?,
         args.cfg,
-        attack
+        args.eps,
+        pgd_steps.unwrap_or(args.steps),
     );
     let init = match &args.init {
         Some(path) => Some(candle_core::safetensors::load(path, &device)?),
@@ -234,16 +249,18 @@ fn main() -> Result<()> {
         &labels,
         &args.cfg,
         init.as_ref(),
-        make_attack
-            .as_ref()
-            .map(|f| f as &dyn Fn(u64) -> Box<dyn Attack>),
+        objective,
         |s, params| {
             println!(
                 "epoch {:>2}: loss {:.4}, train accuracy {:.4}, {:.0} s",
                 s.epoch, s.loss, s.accuracy, s.seconds
             );
             if let Some(path) = &args.checkpoint {
-                match zoo::save(params, path) {
+                let path = PathBuf::from(
+                    path.to_string_lossy()
+                        .replace("{epoch}", &format!("{:02}", s.epoch)),
+                );
+                match zoo::save(params, &path) {
                     Ok(()) => println!(
                         "          checkpoint after epoch {} in {}",
                         s.epoch,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use perturb::data::Mnist;
 use perturb::eval::{count_correct, count_robust};
-use perturb::train::{train, TrainConfig};
+use perturb::train::{train, Objective, TrainConfig};
 use perturb::zoo::{self, Arch, SHIPPED};
 use perturb::{Budget, Error, Fgsm, Pgd};
 
@@ -232,7 +232,17 @@ fn training_is_reproducible() -> perturb::Result<()> {
         seed: 3,
         ..Default::default()
     };
-    let run = || train(Arch::MnistLinear, &x, &y, &cfg, None, None, |_, _| ());
+    let run = || {
+        train(
+            Arch::MnistLinear,
+            &x,
+            &y,
+            &cfg,
+            None,
+            Objective::Clean,
+            |_, _| (),
+        )
+    };
     let (a, b) = (run()?, run()?);
     for (name, t) in &a {
         let (p, q): (Vec<f32>, Vec<f32>) = (
@@ -256,6 +266,57 @@ fn training_is_reproducible() -> perturb::Result<()> {
     Ok(())
 }
 
+/// The card command of a TRADES model, cut to one short epoch (SmallCNN, 384 digits, ε warmed
+/// up, 2 inner steps): bit-identical weights on a second run and on one thread instead of the
+/// pool's, and different weights from another seed.
+#[test]
+fn trades_training_is_reproducible_on_any_thread_count() -> perturb::Result<()> {
+    let data = mnist();
+    let (x, y) = (
+        data.train_images.narrow(0, 0, 384)?,
+        data.train_labels.narrow(0, 0, 384)?,
+    );
+    let trades = perturb::train::Trades::new(0.3, 0.075, 2, 6.0)?;
+    let run = |seed: u64| {
+        let cfg = TrainConfig {
+            epochs: 1,
+            seed,
+            eps_warmup_epochs: 1,
+            ..Default::default()
+        };
+        train(
+            Arch::SmallCnn,
+            &x,
+            &y,
+            &cfg,
+            None,
+            Objective::Trades(trades),
+            |_, _| (),
+        )
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let (a, b, c) = (run(9)?, one_thread.install(|| run(9))?, run(10)?);
+    let bits = |t: &candle_core::Tensor| -> perturb::Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    assert_eq!(a.len(), 14);
+    for (name, t) in &a {
+        assert_eq!(bits(t)?, bits(&b[name])?, "{name}");
+    }
+    assert_ne!(
+        bits(&a["features.0.weight"])?,
+        bits(&c["features.0.weight"])?
+    );
+    Ok(())
+}
+
 /// Adversarial training (FGSM with random start, fresh seed per batch) is reproducible too, and
 /// differs from standard training.
 #[test]
@@ -274,10 +335,16 @@ fn adversarial_training_is_reproducible() -> perturb::Result<()> {
         .steps(1)
         .step_size(0.125)
         .check_gradient(false);
-    let make = |seed: u64| Box::new(pgd.clone().seed(seed)) as Box<dyn perturb::Attack>;
+    let make = |seed: u64, _: f32| -> perturb::Result<Box<dyn perturb::Attack>> {
+        Ok(Box::new(pgd.clone().seed(seed)))
+    };
     let run = |adv: bool| {
-        let attack: Option<perturb::train::AttackForBatch> = if adv { Some(&make) } else { None };
-        train(Arch::MnistLinear, &x, &y, &cfg, None, attack, |_, _| ())
+        let objective = if adv {
+            Objective::Adversarial(&make)
+        } else {
+            Objective::Clean
+        };
+        train(Arch::MnistLinear, &x, &y, &cfg, None, objective, |_, _| ())
     };
     let (a, b, plain) = (run(true)?, run(true)?, run(false)?);
     let bits = |t: &candle_core::Tensor| -> perturb::Result<Vec<u32>> {
