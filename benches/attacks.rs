@@ -50,7 +50,7 @@ fn stock(name: &str) -> zoo::ZooModel {
 
 /// The shipped MNIST models by name.
 fn mnist_models(dev: &Device) -> Vec<(&'static str, zoo::ZooModel)> {
-    ["mnist-linear", "mnist-cnn", "mnist-cnn-robust"]
+    ["mnist-linear", "mnist-cnn", "mnist-cnn-fgsm-rs"]
         .into_iter()
         .map(|name| (name, zoo::load(name, dev).expect("model")))
         .collect()

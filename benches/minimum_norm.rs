@@ -35,7 +35,7 @@ fn plain(c: &mut Criterion) {
         .steps(20)
         .targets(3)
         .check_gradient(false);
-    for name in ["mnist-cnn", "mnist-cnn-robust"] {
+    for name in ["mnist-cnn", "mnist-cnn-fgsm-rs"] {
         let model = zoo::load(name, &dev).expect("model");
         let n = 32;
         let x = images.narrow(0, 0, n).expect("x");
@@ -75,7 +75,7 @@ fn in_gradients(c: &mut Criterion<TenGradients>) {
         .abort_early(false)
         .check_gradient(false);
     let ddn10 = Ddn::new().steps(10).check_gradient(false);
-    for name in ["mnist-cnn", "mnist-cnn-robust"] {
+    for name in ["mnist-cnn", "mnist-cnn-fgsm-rs"] {
         let model = zoo::load(name, &dev).expect("model");
         for n in [32usize, 128] {
             let x = images.narrow(0, 0, n).expect("x");

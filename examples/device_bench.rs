@@ -85,7 +85,7 @@ fn main() -> Result<()> {
     );
     for (name, batches) in [
         ("mnist-cnn", vec![32usize, 128]),
-        ("mnist-cnn-robust", vec![32, 128]),
+        ("mnist-cnn-fgsm-rs", vec![32, 128]),
         ("efficientnet-lite0", vec![1usize, 8, 32]),
     ] {
         if only.as_deref().is_some_and(|m| m != name) {

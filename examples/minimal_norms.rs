@@ -22,7 +22,7 @@ fn main() -> Result<()> {
     let (x, y) = (images.narrow(0, 0, n)?, labels.narrow(0, 0, n)?);
     let unbounded = MinimalNorms::unbounded(Norm::L2, 28 * 28)?;
     let mut lines = Vec::new();
-    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-robust"] {
+    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-fgsm-rs"] {
         let model = zoo::load(name, &dev)?;
         let eval = Evaluator::new(&model, &x, &y)?.model_name(name);
         let attacks: [Box<dyn Attack>; 2] = [

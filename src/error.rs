@@ -142,6 +142,16 @@ pub enum Error {
         /// The sha256 it has (hex).
         got: String,
     },
+    /// A name the zoo shipped a model under before, now another name.
+    #[error("model {name:?} is now {now:?}: {why}")]
+    RenamedModel {
+        /// The requested (former) name.
+        name: String,
+        /// The model's name now.
+        now: &'static str,
+        /// Why it was renamed.
+        why: &'static str,
+    },
     /// A model name that the zoo does not know.
     #[error("unknown model {name:?}; shipped models: {known}")]
     UnknownModel {

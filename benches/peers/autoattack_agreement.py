@@ -14,7 +14,7 @@ digit lies in the ε-ball and the pixel box.
     N=1000 THREADS=2 /tmp/peers/bin/python benches/peers/autoattack_agreement.py \\
         > benches/peers/autoattack_agreement_2core.json
 
-Environment: MODEL (default mnist-cnn-robust), EPS (0.3), N (1000 first test digits), THREADS (2),
+Environment: MODEL (default mnist-cnn-fgsm-rs), EPS (0.3), N (1000 first test digits), THREADS (2),
 SIDES (torch,perturb: which to run), BATCH (250 digits per batch on both sides).
 """
 
@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 import torch_pgd as peer
 
-MODEL = os.environ.get("MODEL", "mnist-cnn-robust")
+MODEL = os.environ.get("MODEL", "mnist-cnn-fgsm-rs")
 EPS = float(os.environ.get("EPS", "0.3"))
 N = int(os.environ.get("N", "1000"))
 BATCH = int(os.environ.get("BATCH", "250"))

@@ -27,7 +27,7 @@ import torch_pgd as peer
 ROUNDS = int(os.environ.get("ROUNDS", "7"))
 REPS = int(os.environ.get("REPS", "11"))
 BATCHES = [int(b) for b in os.environ.get("BATCHES", "32,128").split(",")]
-MODELS = os.environ.get("MODELS", "mnist-cnn,mnist-cnn-robust").split(",")
+MODELS = os.environ.get("MODELS", "mnist-cnn,mnist-cnn-fgsm-rs").split(",")
 BENCH = os.path.join(peer.ROOT, "target", "release", "examples", "device_bench")
 
 

@@ -137,7 +137,7 @@ def main():
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     rows = []
-    for name in ["mnist-cnn", "mnist-cnn-robust"]:
+    for name in ["mnist-cnn", "mnist-cnn-fgsm-rs"]:
         model = load_cnn(name)
         for n in [1, 32, 128]:
             x, y = mnist_test(n)

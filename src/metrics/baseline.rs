@@ -96,7 +96,7 @@ impl BaselineCheck {
         })
     }
 
-    /// One line: "robust accuracy 0.6100 vs baseline mnist-cnn-robust 0.8200: drop 0.2100 (max
+    /// One line: "robust accuracy 0.6100 vs baseline mnist-cnn-fgsm-rs 0.8200: drop 0.2100 (max
     /// 0.0100), 42 lost and 0 gained, McNemar p = 2.3e-13".
     pub fn describe(&self) -> String {
         format!(

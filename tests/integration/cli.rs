@@ -1467,7 +1467,7 @@ mod suite {
 mod suite_on_the_robust_model {
     use super::*;
 
-    /// Issue 20, acceptance 6: on `mnist-cnn-robust` at ε = 0.3 the standard suite finds the
+    /// Issue 20, acceptance 6: on `mnist-cnn-fgsm-rs` at ε = 0.3 the standard suite finds the
     /// model weaker than PGD-40 does, so a gate half a digit below the PGD-40 figure passes
     /// PGD-40 and fails the suite (exit 1); the suite's per-stage table names all four attacks.
     /// The suite runs once: its report, written by the failing gate, gives its figure.
@@ -1484,7 +1484,7 @@ mod suite_on_the_robust_model {
                 "--confidence",
                 "0",
                 "--model",
-                "mnist-cnn-robust",
+                "mnist-cnn-fgsm-rs",
                 "--eps",
                 "0.3",
                 "--n",

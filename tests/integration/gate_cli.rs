@@ -199,7 +199,7 @@ mod baseline {
         let mut args = PGD[..12].to_vec();
         args.extend([
             "--model",
-            "mnist-cnn-robust",
+            "mnist-cnn-fgsm-rs",
             "--min-robust-accuracy",
             "0",
             "--json",
@@ -224,11 +224,11 @@ mod baseline {
         );
         let md = std::fs::read_to_string(&md).unwrap();
         assert!(
-            md.contains("mnist-cnn-robust") && md.contains("**FAIL**"),
+            md.contains("mnist-cnn-fgsm-rs") && md.contains("**FAIL**"),
             "{md}"
         );
 
-        let out = against("mnist-cnn-robust", b, &[]);
+        let out = against("mnist-cnn-fgsm-rs", b, &[]);
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout} {}", text(&out.stderr));
         assert!(
@@ -237,7 +237,7 @@ mod baseline {
         );
 
         // both checks at once: the worse verdict decides, one line each
-        let out = against("mnist-cnn-robust", b, &["--min-robust-accuracy", "0.99"]);
+        let out = against("mnist-cnn-fgsm-rs", b, &["--min-robust-accuracy", "0.99"]);
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(
             text(&out.stdout).lines().count(),
@@ -253,7 +253,7 @@ mod baseline {
         ] {
             let mut args = PGD.to_vec();
             args[13] = b;
-            args.extend(["--model", "mnist-cnn-robust"]);
+            args.extend(["--model", "mnist-cnn-fgsm-rs"]);
             // replace --n 200 rather than give it twice
             if extra[0] == "--n" {
                 args[10] = extra[1];
@@ -266,12 +266,12 @@ mod baseline {
         other[13] = b;
         other[2] = "fgsm";
         other.drain(5..9); // fgsm takes no steps
-        other.extend(["--model", "mnist-cnn-robust"]);
+        other.extend(["--model", "mnist-cnn-fgsm-rs"]);
         refused(&perturb(&other), "attack fgsm here, pgd in the baseline");
         let mut other = PGD.to_vec();
         other[13] = b;
         other[4] = "0.2";
-        other.extend(["--model", "mnist-cnn-robust"]);
+        other.extend(["--model", "mnist-cnn-fgsm-rs"]);
         refused(&perturb(&other), "budget pgd (linf, eps 0.2) here");
         // not a report at all
         let bad = tmp("not-a-report.json");

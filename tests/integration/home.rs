@@ -30,7 +30,7 @@ fn small_home(name: &str) -> PathBuf {
         "SHA256SUMS",
         "mnist-linear",
         "mnist-cnn",
-        "mnist-cnn-robust",
+        "mnist-cnn-fgsm-rs",
     ] {
         let names = if file == "SHA256SUMS" {
             vec![file.to_string()]
@@ -91,7 +91,7 @@ fn models_are_found_through_perturb_home_from_another_directory() {
     let home = small_home("full");
     let elsewhere = scratch("cwd-full");
     let rows = rows(&perturb(&elsewhere, Some(&home), &["models"]));
-    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-robust"] {
+    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-fgsm-rs"] {
         let (_, status, file) = status_of(&rows, name);
         assert_eq!(status, "ok", "{name}: {rows:?}");
         assert!(
@@ -126,7 +126,7 @@ fn an_empty_perturb_home_has_every_model_missing() {
 fn without_perturb_home_the_checkout_is_used_from_any_directory() {
     let elsewhere = scratch("cwd-fallback");
     let rows = rows(&perturb(&elsewhere, None, &["models"]));
-    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-robust"] {
+    for name in ["mnist-linear", "mnist-cnn", "mnist-cnn-fgsm-rs"] {
         let (_, status, file) = status_of(&rows, name);
         assert_eq!(status, "ok", "{name}: {rows:?}");
         assert!(Path::new(file).starts_with(CHECKOUT), "{file}");

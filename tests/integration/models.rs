@@ -219,6 +219,27 @@ mod provenance {
     }
 }
 
+/// The masked model's former name fails by both lookups with its new name and the reason, and
+/// the new name loads the same weights the old one did.
+#[test]
+fn the_former_robust_name_points_to_the_masking_exhibit() {
+    for got in [
+        zoo::load("mnist-cnn-robust", &Device::Cpu).map(|_| ()),
+        zoo::resolve("mnist-cnn-robust", None, None, &Device::Cpu).map(|_| ()),
+    ] {
+        let Err(e @ Error::RenamedModel { now, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(now, "mnist-cnn-fgsm-rs");
+        assert!(e.to_string().contains("gradient"), "{e}");
+    }
+    let model = zoo::load("mnist-cnn-fgsm-rs", &Device::Cpu).unwrap();
+    assert_eq!(
+        model.sha256(),
+        Some("2f65ebc9b833b8e2ae92eb30356aa2c7c4fb4128ee6aa0e8071692559e2ab2bb")
+    );
+}
+
 /// Same data, configuration and seed: bit-identical weights.
 #[test]
 fn training_is_reproducible() -> perturb::Result<()> {

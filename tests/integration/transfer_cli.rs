@@ -23,7 +23,7 @@ fn transfer_writes_the_matrix_whose_source_column_is_the_attack_run() {
         "--source",
         "mnist-cnn",
         "--targets",
-        "mnist-linear,mnist-cnn-robust",
+        "mnist-linear,mnist-cnn-fgsm-rs",
         "--attacks",
         "fgsm,mi-fgsm",
         "--eps",
@@ -43,11 +43,11 @@ fn transfer_writes_the_matrix_whose_source_column_is_the_attack_run() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("mnist-cnn-robust") && stdout.contains("mi-fgsm"),
+        stdout.contains("mnist-cnn-fgsm-rs") && stdout.contains("mi-fgsm"),
         "{stdout}"
     );
     let m: TransferMatrix = read_json(&json);
-    assert_eq!(m.models, ["mnist-cnn", "mnist-linear", "mnist-cnn-robust"]);
+    assert_eq!(m.models, ["mnist-cnn", "mnist-linear", "mnist-cnn-fgsm-rs"]);
     assert_eq!(m.cells.len(), 6);
     assert_eq!(m.attacks[1].params["diversity_prob"], 0.5);
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 7);

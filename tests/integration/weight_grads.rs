@@ -234,7 +234,7 @@ fn uncovered_layers_keep_candle_autograd() {
 fn small_cnn_parameter_gradients_match_candle_autograd() {
     let dev = Device::Cpu;
     let (images, labels) = Mnist::load_test_default(&dev).unwrap();
-    let shipped = perturb::zoo::shipped("mnist-cnn-robust").unwrap();
+    let shipped = perturb::zoo::shipped("mnist-cnn-fgsm-rs").unwrap();
     let file = perturb::zoo::models_dir().join(shipped.file);
     let tensors = candle_core::safetensors::load(&file, &dev).unwrap();
     let vars: HashMap<String, Tensor> = tensors
