@@ -119,6 +119,13 @@ pub enum Error {
     /// usually because a layer without a backward pass sits on the path.
     #[error("no gradient reached the input: a layer on the path has no backward pass")]
     GradientMissing,
+    /// A gradient attack on a model that is only a function (no input gradient).
+    #[error(
+        "the model is a function without gradients (FnClassifier): gradient attacks cannot run \
+         on it; use a black-box attack (square), or craft the examples on a differentiable \
+         surrogate and transfer them (perturb::eval::transfer, `perturb transfer`)"
+    )]
+    NotDifferentiable,
     /// The gradient self-check found autograd disagreeing with finite differences.
     #[error(
         "input gradient disagrees with finite differences: directional derivative {autograd} \

@@ -263,6 +263,7 @@ impl GradientCheck {
 
 /// Autograd gradient of `Σ c ⊙ logits(x)` with respect to `x`, `None` when not connected.
 fn functional_grad(model: &dyn Classifier, x: &Tensor, c: &Tensor) -> Result<Option<Tensor>> {
+    crate::model::require_gradient(model)?;
     let var = Var::from_tensor(x)?;
     let logits = checked_logits(model, var.as_tensor())?;
     let grads = (logits * c)?.sum_all()?.backward()?;

@@ -73,6 +73,7 @@
 // the root already has.
 
 mod allocator;
+pub mod arrays;
 pub mod attack;
 mod budget;
 pub mod data;

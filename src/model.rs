@@ -21,6 +21,13 @@ pub trait Classifier {
     /// # Errors
     /// Whatever the model's forward pass returns.
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Whether the logits carry a gradient back to the input. `false` for a model that is only
+    /// a function ([`FnClassifier`](crate::arrays::FnClassifier)): gradient attacks refuse it
+    /// with [`Error::NotDifferentiable`], black-box attacks (Square) run on it.
+    fn differentiable(&self) -> bool {
+        true
+    }
 }
 
 impl<M: Module> Classifier for M {
@@ -116,6 +123,10 @@ impl<C: Classifier> Classifier for Normalized<C> {
         let z = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
         self.inner.logits(&z)
     }
+
+    fn differentiable(&self) -> bool {
+        self.inner.differentiable()
+    }
 }
 
 /// Logits of `model` on `x`, checked to be `[N, K]` with `K >= 2` and finite, as `f32`.
@@ -204,6 +215,7 @@ pub(crate) fn loss_and_grad_resolved(
     goal: &ResolvedGoal,
     loss: Loss,
 ) -> Result<LossGrad> {
+    require_gradient(model)?;
     let var = Var::from_tensor(x)?;
     let logits = goal_logits(model, var.as_tensor(), goal)?;
     loss.check_classes(logits.dim(1)?, goal.targeted)?;
@@ -229,11 +241,20 @@ pub(crate) fn difference_and_grad(
     plus: &ResolvedGoal,
     minus: &Tensor,
 ) -> Result<LossGrad> {
+    require_gradient(model)?;
     let var = Var::from_tensor(x)?;
     let logits = goal_logits(model, var.as_tensor(), plus)?;
     let difference =
         (crate::ops::pick(&logits, plus.tensor())? - crate::ops::pick(&logits, minus)?)?;
     differentiate(&var, logits, difference)
+}
+
+/// [`Error::NotDifferentiable`] for a model that declares no input gradient.
+pub(crate) fn require_gradient(model: &dyn Classifier) -> Result<()> {
+    match model.differentiable() {
+        true => Ok(()),
+        false => Err(Error::NotDifferentiable),
+    }
 }
 
 /// The objective on `logits` (computed from `var`) and its gradient with respect to `var`.

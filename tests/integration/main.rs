@@ -5,6 +5,7 @@
 mod common;
 
 mod apgd;
+mod arrays;
 mod attacks;
 mod bombs;
 mod budgets;

@@ -241,6 +241,7 @@ impl PatchTrainer {
     /// Invalid parameters or images (an empty data set included), a target the model does not
     /// have, a model whose output is not `[N, K]`.
     pub fn train(&self, model: &dyn Classifier, images: &Tensor) -> Result<PatchTraining> {
+        crate::model::require_gradient(model)?;
         let (n, c, h, w) = self.check(images)?;
         let side = self.side((h, w))?;
         let dev = images.device();
