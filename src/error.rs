@@ -208,6 +208,23 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// An ONNX file that perturb cannot use: truncated or corrupted, external weights, other
+    /// than one `f32` image input and one output, or an operator configuration not supported.
+    #[error("{file}: {reason}")]
+    Onnx {
+        /// The ONNX file.
+        file: std::path::PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// An ONNX graph with operators perturb does not evaluate, all of them named.
+    #[error("{file}: unsupported ONNX operators: {}", ops.join(", "))]
+    OnnxUnsupported {
+        /// The ONNX file.
+        file: std::path::PathBuf,
+        /// The operator types, sorted, each once.
+        ops: Vec<String>,
+    },
     /// A failure inside candle (device, kernel, allocation).
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

@@ -87,6 +87,7 @@ pub mod layers;
 mod loss;
 pub mod metrics;
 mod model;
+pub mod onnx;
 mod ops;
 mod simd;
 pub mod train;

@@ -33,6 +33,7 @@ mod metrics;
 mod million;
 mod minimal;
 mod models;
+mod onnx;
 mod patch;
 mod properties;
 mod registry;

@@ -1,0 +1,96 @@
+"""Write the ONNX test fixtures of tests/fixtures/onnx/ from the shipped weights.
+
+    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch onnx safetensors
+    /tmp/peers/bin/python scripts/export_onnx.py
+
+- mnist-cnn.onnx: models/mnist-cnn.safetensors in PyTorch's SmallCNN, exported by
+  torch.onnx.export (the TorchScript exporter, opset 17, dynamic batch), as a user would.
+- mnist-linear-helper.onnx: models/mnist-linear.safetensors written node by node with
+  onnx.helper (a second producer and another graph shape: Flatten, MatMul by the transposed
+  weights, Add of the bias).
+- bad-*.onnx: graphs perturb must refuse with a one-line reason: an unsupported operator
+  (Erf), two inputs, a uint8 input.
+
+PyTorch and onnx are needed to regenerate the files, not to run the tests; SHA256SUMS pins them.
+"""
+import hashlib
+import os
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "onnx")
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Linear(1024, 200), nn.ReLU(), nn.Dropout(0.5), nn.Linear(200, 200), nn.ReLU(),
+            nn.Linear(200, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def export_cnn():
+    model = SmallCNN()
+    model.load_state_dict(load_file(os.path.join(ROOT, "models", "mnist-cnn.safetensors")))
+    model.eval()
+    torch.onnx.export(
+        model, (torch.zeros(1, 1, 28, 28),), os.path.join(OUT, "mnist-cnn.onnx"),
+        input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17, dynamo=False)
+
+
+def linear_graph(name, nodes, inputs, extra_init=()):
+    w = load_file(os.path.join(ROOT, "models", "mnist-linear.safetensors"))
+    init = [numpy_helper.from_array(w["fc.weight"].numpy().T.copy(), "w_t"),
+            numpy_helper.from_array(w["fc.bias"].numpy(), "b"), *extra_init]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
+    graph = helper.make_graph(nodes, name, inputs, [out], init)
+    model = helper.make_model(graph, producer_name="onnx.helper",
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(OUT, name + ".onnx"))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    export_cnn()
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
+    plain = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w_t"], ["z"]),
+             helper.make_node("Add", ["z", "b"], ["logits"])]
+    linear_graph("mnist-linear-helper", plain, [image])
+    linear_graph("bad-unsupported", plain[:2] + [helper.make_node("Erf", ["z"], ["e"]),
+                                                 helper.make_node("Add", ["e", "b"], ["logits"])],
+                 [image])
+    second = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, 28, 28])
+    linear_graph("bad-two-inputs",
+                 [helper.make_node("Mul", ["image", "mask"], ["masked"]),
+                  helper.make_node("Flatten", ["masked"], ["flat"], axis=1)] + plain[1:],
+                 [image, second])
+    bytes_in = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 1, 28, 28])
+    linear_graph("bad-uint8-input",
+                 [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+                  helper.make_node("Flatten", ["f"], ["flat"], axis=1)] + plain[1:],
+                 [bytes_in])
+    with open(os.path.join(OUT, "SHA256SUMS"), "w") as sums:
+        for name in sorted(os.listdir(OUT)):
+            if name.endswith(".onnx"):
+                with open(os.path.join(OUT, name), "rb") as f:
+                    sums.write(f"{hashlib.sha256(f.read()).hexdigest()}  {name}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+//! ONNX image classifiers as [`Classifier`](crate::Classifier)s with correct input gradients.
+//!
+//! The file is parsed by a hand-written protobuf decoder (`proto.rs`: no `protoc`, nothing
+//! generated at build time), its weights decoded once at load onto the model's device, and the
+//! graph evaluated with perturb's own layers: convolutions and fully connected layers take the
+//! fast kernels of [`layers`](crate::layers), a ReLU after them is fused, max-pooling routes its
+//! gradient to the maximum (candle's `max_pool2d` gradient is a quarter of the truth), and a
+//! graph that is a plain run of those layers (as `torch.onnx.export` writes a SmallCNN) runs as
+//! one op, exactly as the shipped model does. Operators outside the supported set are a typed
+//! error that names them all.
+//!
+//! ```
+//! use candle_core::Device;
+//! use perturb::{data::Mnist, onnx::OnnxModel, Attack, Budget, Goal, Pgd};
+//! // SmallCNN as `torch.onnx.export` writes it (scripts/export_onnx.py)
+//! let model = OnnxModel::load("tests/fixtures/onnx/mnist-cnn.onnx", &Device::Cpu)?;
+//! assert_eq!(model.op_counts()["Conv"], 4);
+//! assert_eq!(model.input_shape(), [Some(1), Some(28), Some(28)]);
+//! let (images, labels) = Mnist::load_test_default(&Device::Cpu)?;
+//! let (x, y) = (images.narrow(0, 0, 8)?, labels.narrow(0, 0, 8)?);
+//! let adv = Pgd::new(Budget::linf(0.3)?).run(&model, &x, &Goal::untargeted(&y))?;
+//! assert!(adv.success_rate() > 0.5);
+//! # Ok::<(), perturb::Error>(())
+//! ```
+
+mod ops;
+mod proto;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::layers::{forward_chain, ChainLayer};
+use ops::{Op, Step};
+
+/// The operators [`OnnxModel`] evaluates.
+pub const SUPPORTED_OPS: [&str; 22] = [
+    "Add",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Softmax",
+    "Sub",
+    "Transpose",
+    "LeakyRelu",
+];
+
+/// An ONNX image classifier: one `f32` input `[N, C, H, W]`, one output `[N, K]` of logits.
+#[derive(Debug, Clone)]
+pub struct OnnxModel {
+    file: PathBuf,
+    input: String,
+    output: String,
+    /// `[C, H, W]` as the graph declares them (`None`: symbolic).
+    input_shape: Vec<Option<usize>>,
+    steps: Vec<Step>,
+    /// Constants the steps read by name (initializers not folded into a layer).
+    constants: HashMap<String, Tensor>,
+    op_counts: BTreeMap<String, usize>,
+}
+
+fn onnx_error(file: &Path, reason: impl Into<String>) -> Error {
+    Error::Onnx {
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl OnnxModel {
+    /// Read and check an `.onnx` file, decoding its weights onto `device`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read; [`Error::Onnx`] for a truncated or corrupted
+    /// file, external weights, a graph with other than one input and one output, an input that
+    /// is not `f32` of rank 4; [`Error::OnnxUnsupported`] naming every unsupported operator.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path, device)
+    }
+
+    /// [`load`](Self::load) from the file's bytes; `file` names it in errors.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn from_bytes(bytes: &[u8], file: &Path, device: &Device) -> Result<Self> {
+        let model = proto::decode_model(bytes).map_err(|e| onnx_error(file, e.to_string()))?;
+        let graph = model.graph;
+        let initializers: HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .collect();
+        let [input] = inputs.as_slice() else {
+            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(onnx_error(
+                file,
+                format!(
+                    "the graph has {} inputs ({}); perturb attacks graphs with one image input",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ));
+        };
+        if input.elem_type != 1 {
+            return Err(onnx_error(
+                file,
+                format!(
+                    "input {:?} has element type {} ({}), not float32",
+                    input.name,
+                    input.elem_type,
+                    ops::type_name(input.elem_type)
+                ),
+            ));
+        }
+        if input.has_shape && input.shape.len() != 4 {
+            return Err(onnx_error(
+                file,
+                format!(
+                    "input {:?} has rank {}, not 4 ([N, C, H, W])",
+                    input.name,
+                    input.shape.len()
+                ),
+            ));
+        }
+        let [output] = graph.output.as_slice() else {
+            return Err(onnx_error(
+                file,
+                format!(
+                    "the graph has {} outputs; a classifier has one (the logits)",
+                    graph.output.len()
+                ),
+            ));
+        };
+        let unsupported: Vec<String> = graph
+            .node
+            .iter()
+            .map(|n| n.op_type.clone())
+            .filter(|op| !SUPPORTED_OPS.contains(&op.as_str()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(Error::OnnxUnsupported {
+                file: file.to_path_buf(),
+                ops: unsupported,
+            });
+        }
+        let mut constants = HashMap::new();
+        for t in &graph.initializer {
+            let tensor =
+                ops::decode_tensor(t, device).map_err(|reason| onnx_error(file, reason))?;
+            constants.insert(t.name.clone(), tensor);
+        }
+        let mut op_counts = BTreeMap::new();
+        for n in &graph.node {
+            *op_counts.entry(n.op_type.clone()).or_insert(0) += 1;
+        }
+        let steps = ops::build(&graph.node, &graph.initializer, &mut constants, device)
+            .map_err(|reason| onnx_error(file, reason))?;
+        let input_shape = input
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| d.and_then(|d| usize::try_from(d).ok()).filter(|d| *d > 0))
+            .collect();
+        Ok(Self {
+            file: file.to_path_buf(),
+            input: input.name.clone(),
+            output: output.name.clone(),
+            input_shape,
+            steps,
+            constants,
+            op_counts,
+        })
+    }
+
+    /// `[C, H, W]` as the graph declares them (`None` where symbolic).
+    pub fn input_shape(&self) -> &[Option<usize>] {
+        &self.input_shape
+    }
+
+    /// How many nodes of each operator the graph has.
+    pub fn op_counts(&self) -> &BTreeMap<String, usize> {
+        &self.op_counts
+    }
+
+    /// The file the model came from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The graph as one chain op, when it is a plain run of convolutions, max-pools and fully
+    /// connected layers from the input to the output.
+    fn chain(&self) -> Option<Vec<ChainLayer<'_>>> {
+        let mut current = self.input.as_str();
+        let mut layers = Vec::new();
+        for step in &self.steps {
+            if step.inputs.first().map(String::as_str) != Some(current) {
+                return None;
+            }
+            match &step.op {
+                Op::Conv(conv) if conv.is_fast() => layers.push(ChainLayer::Conv(conv)),
+                Op::Linear(fc) if fc.is_fast() => layers.push(ChainLayer::Linear(fc)),
+                Op::MaxPool { kernel, stride } => {
+                    layers.push(ChainLayer::MaxPool(*kernel, *stride))
+                }
+                // a fully connected layer flattens its input itself
+                Op::Flatten { axis: 1 } | Op::Identity => {}
+                _ => return None,
+            }
+            current = &step.output;
+        }
+        (current == self.output && !layers.is_empty()).then_some(layers)
+    }
+}
+
+impl crate::Classifier for OnnxModel {
+    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(layers) = self.chain() {
+            return forward_chain(x, &layers);
+        }
+        let mut values: HashMap<&str, Tensor> = HashMap::new();
+        values.insert(self.input.as_str(), x.clone());
+        for step in &self.steps {
+            let args: Vec<&Tensor> = step
+                .inputs
+                .iter()
+                .map(|name| {
+                    values
+                        .get(name.as_str())
+                        .or_else(|| self.constants.get(name))
+                        .ok_or_else(|| {
+                            candle_core::Error::Msg(format!(
+                                "onnx: value {name:?} is used before it is computed"
+                            ))
+                        })
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let out = step.op.apply(&args)?;
+            values.insert(step.output.as_str(), out);
+        }
+        values.remove(self.output.as_str()).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "onnx: the output {:?} is never computed",
+                self.output
+            ))
+        })
+    }
+}

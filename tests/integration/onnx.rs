@@ -1,0 +1,138 @@
+//! `perturb::onnx`: the shipped MNIST models exported to ONNX (by PyTorch's exporter and by
+//! onnx.helper, `scripts/export_onnx.py`) give the native models' logits and gradients, pass the
+//! gradient check, and are attacked exactly as the native models are; bad graphs and truncated
+//! files are typed errors that say why.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Module, Tensor};
+use perturb::data::Mnist;
+use perturb::onnx::OnnxModel;
+use perturb::{
+    loss_and_grad, zoo, Attack, Budget, Classifier, Error, Goal, GradientCheck, Loss, Pgd,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(name)
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.flatten_all())
+        .and_then(|a| a.max(0))
+        .and_then(|a| a.to_scalar())
+        .unwrap()
+}
+
+fn digits(n: usize) -> (Tensor, Tensor) {
+    let (images, labels) = Mnist::load_test_default(&Device::Cpu).unwrap();
+    (
+        images.narrow(0, 0, n).unwrap(),
+        labels.narrow(0, 0, n).unwrap(),
+    )
+}
+
+/// The fixtures are the files `scripts/export_onnx.py` wrote.
+#[test]
+fn fixtures_match_their_checksums() {
+    let sums = std::fs::read_to_string(fixture("SHA256SUMS")).unwrap();
+    let mut seen = 0;
+    for line in sums.lines() {
+        let (hash, name) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        assert_eq!(zoo::sha256_hex(&bytes), hash, "{name}");
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+}
+
+/// Logits to 1e-5 and input gradients to 1e-4 (relative to their largest entry) of the native
+/// model, for the PyTorch-exported CNN and the hand-built linear model, and the gradient check.
+#[test]
+fn exported_models_match_the_native_models() {
+    let (x, y) = digits(64);
+    let goal = Goal::untargeted(&y);
+    for (file, native) in [
+        ("mnist-cnn.onnx", "mnist-cnn"),
+        ("mnist-linear-helper.onnx", "mnist-linear"),
+    ] {
+        let onnx = OnnxModel::load(fixture(file), &Device::Cpu).unwrap();
+        let native = zoo::load(native, &Device::Cpu).unwrap();
+        assert_eq!(onnx.input_shape(), [Some(1), Some(28), Some(28)], "{file}");
+        let (a, b) = (onnx.logits(&x).unwrap(), native.forward(&x).unwrap());
+        let err = max_abs(&(&a - &b).unwrap());
+        assert!(
+            err <= 1e-5 * max_abs(&b).max(1.0),
+            "{file}: logits differ by {err}"
+        );
+        let ga = loss_and_grad(&onnx, &x, &goal, Loss::CrossEntropy)
+            .unwrap()
+            .grad;
+        let gb = loss_and_grad(&native, &x, &goal, Loss::CrossEntropy)
+            .unwrap()
+            .grad;
+        let (err, scale) = (max_abs(&(&ga - &gb).unwrap()), max_abs(&gb));
+        assert!(
+            scale > 0.0 && err <= 1e-4 * scale,
+            "{file}: gradients differ by {err} of {scale}"
+        );
+        assert!(
+            GradientCheck::new()
+                .run(&onnx, &x.narrow(0, 0, 8).unwrap())
+                .unwrap()
+                .passed(),
+            "{file}"
+        );
+    }
+}
+
+/// PGD on the ONNX CNN fools exactly the digits it fools on the native CNN, on 1,000 digits.
+#[test]
+fn pgd_on_the_onnx_cnn_equals_pgd_on_the_native_cnn() {
+    let (x, y) = digits(1000);
+    let goal = Goal::untargeted(&y);
+    let onnx = OnnxModel::load(fixture("mnist-cnn.onnx"), &Device::Cpu).unwrap();
+    let native = zoo::load("mnist-cnn", &Device::Cpu).unwrap();
+    let pgd = Pgd::new(Budget::linf(0.1).unwrap())
+        .steps(10)
+        .check_gradient(false);
+    let (a, b) = (
+        pgd.run(&onnx, &x, &goal).unwrap(),
+        pgd.run(&native, &x, &goal).unwrap(),
+    );
+    assert_eq!(a.success, b.success);
+    assert!(b.success.iter().filter(|s| **s).count() > 10);
+}
+
+/// Each bad graph is refused with the reason; no truncation of a good file panics.
+#[test]
+fn bad_graphs_and_truncated_files_are_typed_errors() {
+    let dev = Device::Cpu;
+    match OnnxModel::load(fixture("bad-unsupported.onnx"), &dev) {
+        Err(Error::OnnxUnsupported { ops, .. }) => assert_eq!(ops, ["Erf"]),
+        other => panic!("{other:?}"),
+    }
+    for (file, words) in [
+        ("bad-two-inputs.onnx", "2 inputs (image, mask)"),
+        ("bad-uint8-input.onnx", "uint8"),
+    ] {
+        match OnnxModel::load(fixture(file), &dev) {
+            Err(e @ Error::Onnx { .. }) => assert!(e.to_string().contains(words), "{file}: {e}"),
+            other => panic!("{file}: {other:?}"),
+        }
+    }
+    let bytes = std::fs::read(fixture("mnist-cnn.onnx")).unwrap();
+    for cut in [0, 1, 10, 100, 1000, bytes.len() / 2, bytes.len() - 1] {
+        let got = OnnxModel::from_bytes(&bytes[..cut], Path::new("cut.onnx"), &dev);
+        assert!(
+            matches!(got, Err(Error::Onnx { .. })),
+            "cut at {cut}: {got:?}"
+        );
+    }
+    assert!(matches!(
+        OnnxModel::load(fixture("absent.onnx"), &dev),
+        Err(Error::Io { .. })
+    ));
+}
