@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv_cpu::{Act, ConstConv};
-use super::input_grad;
+use super::input_grad::{self, InputGradKernel};
 use super::linear_cpu::{parallelism, ConstLinear};
 use super::matmul::{matmul, Strided};
 
@@ -37,6 +37,31 @@ fn split(flat: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
     let gw = flat.narrow(0, 0, wl)?.reshape(w.shape())?;
     let gb = flat.narrow(0, wl, b.elem_count())?.reshape(b.shape())?;
     Ok((gw, gb))
+}
+
+/// The gradients of a layer's (input, weight, bias).
+type ThreeGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// The gradients of a layer's input (only where the input needs one: not a network's input in
+/// training), weight and bias, for the upstream gradient `grad` of its output `res`.
+fn gradients<K: InputGradKernel>(
+    kernel: &K,
+    layer: Layer,
+    (x, w, b): (&Tensor, &Tensor, &Tensor),
+    res: &Tensor,
+    grad: &Tensor,
+) -> Result<ThreeGrads> {
+    let gx = match x.track_op() {
+        true => Some(input_grad::backward(kernel, x, res, grad)?),
+        false => None,
+    };
+    let flat = grad.contiguous()?.apply_op3_no_bwd(
+        &x.contiguous()?,
+        &res.contiguous()?,
+        &WeightGrad(layer),
+    )?;
+    let (gw, gb) = split(&flat, w, b)?;
+    Ok((gx, Some(gw), Some(gb)))
 }
 
 /// `act(conv(x, w) + b)` of a stride-1 convolution with padding `pad` (each below the kernel's
@@ -94,21 +119,11 @@ impl CustomOp3 for TrainConv {
         b: &Tensor,
         res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<ThreeGrads> {
         let Some(conv) = self.built.get() else {
             candle_core::bail!("{}: backward before forward", self.name())
         };
-        let gx = match x.track_op() {
-            true => Some(input_grad::backward(conv, x, res, grad)?),
-            false => None,
-        };
-        let flat = grad.contiguous()?.apply_op3_no_bwd(
-            &x.contiguous()?,
-            &res.contiguous()?,
-            &WeightGrad(Layer::Conv(conv.clone())),
-        )?;
-        let (gw, gb) = split(&flat, w, b)?;
-        Ok((gx, Some(gw), Some(gb)))
+        gradients(conv, Layer::Conv(conv.clone()), (x, w, b), res, grad)
     }
 }
 
@@ -162,21 +177,11 @@ impl CustomOp3 for TrainLinear {
         b: &Tensor,
         res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<ThreeGrads> {
         let Some(fc) = self.built.get() else {
             candle_core::bail!("{}: backward before forward", self.name())
         };
-        let gx = match x.track_op() {
-            true => Some(input_grad::backward(fc, x, res, grad)?),
-            false => None,
-        };
-        let flat = grad.contiguous()?.apply_op3_no_bwd(
-            &x.contiguous()?,
-            &res.contiguous()?,
-            &WeightGrad(Layer::Linear(fc.clone())),
-        )?;
-        let (gw, gb) = split(&flat, w, b)?;
-        Ok((gx, Some(gw), Some(gb)))
+        gradients(fc, Layer::Linear(fc.clone()), (x, w, b), res, grad)
     }
 }
 

@@ -1,30 +1,12 @@
 //! `perturb::arrays`: exact round trips between tensors and `ndarray` arrays, attacks on arrays
 //! equal to attacks on tensors, and `FnClassifier`, a model that is only a function.
 
+use crate::common::{bits, test_digits};
 use candle_core::{Device, Module, Tensor};
 use ndarray::{Array2, ArrayView4};
 use perturb::arrays::{self, FnClassifier, FnLogits};
 use perturb::attack::{Apgd, Square};
-use perturb::data::Mnist;
 use perturb::{zoo, Attack, Budget, Error, Fgsm, Goal, Pgd};
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
-fn digits(n: usize) -> (Tensor, Tensor) {
-    let (images, labels) = Mnist::load_test_default(&Device::Cpu).unwrap();
-    (
-        images.narrow(0, 0, n).unwrap(),
-        labels.narrow(0, 0, n).unwrap(),
-    )
-}
 
 /// Tensor → array → tensor keeps every bit, special values included, and a transposed view
 /// converts in its logical order.
@@ -84,7 +66,7 @@ fn round_trips_are_bit_exact() {
 #[test]
 fn attacks_on_arrays_equal_attacks_on_tensors() {
     let model = zoo::load("mnist-cnn", &Device::Cpu).unwrap();
-    let (x, y) = digits(24);
+    let (x, y) = test_digits(24);
     let (xa, ya) = (
         arrays::to_array4(&x).unwrap(),
         arrays::to_labels(&y).unwrap(),
@@ -126,7 +108,7 @@ fn as_function(native: zoo::ZooModel) -> FnClassifier<impl Fn(ArrayView4<'_, f32
 fn function_models_take_black_box_attacks_only() {
     let native = zoo::load("mnist-cnn", &Device::Cpu).unwrap();
     let model = as_function(native.clone());
-    let (x, y) = digits(30);
+    let (x, y) = test_digits(30);
     let goal = Goal::untargeted(&y);
     let budget = Budget::linf(0.3).unwrap();
     let gradient_attacks: [Box<dyn Attack>; 3] = [
@@ -169,7 +151,7 @@ fn function_models_take_black_box_attacks_only() {
 /// a silent answer.
 #[test]
 fn misbehaving_functions_are_errors() {
-    let (x, y) = digits(3);
+    let (x, y) = test_digits(3);
     let goal = Goal::untargeted(&y);
     let square = Square::new(Budget::linf(0.1).unwrap()).queries(5);
     let short =

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Module, Tensor};
-use perturb::data::Mnist;
+use crate::common::{max_abs, test_digits};
+use candle_core::{Device, Module};
 use perturb::onnx::OnnxModel;
 use perturb::{
     loss_and_grad, zoo, Attack, Budget, Classifier, Error, Goal, GradientCheck, Loss, Pgd,
@@ -16,22 +16,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/onnx")
         .join(name)
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .and_then(|a| a.flatten_all())
-        .and_then(|a| a.max(0))
-        .and_then(|a| a.to_scalar())
-        .unwrap()
-}
-
-fn digits(n: usize) -> (Tensor, Tensor) {
-    let (images, labels) = Mnist::load_test_default(&Device::Cpu).unwrap();
-    (
-        images.narrow(0, 0, n).unwrap(),
-        labels.narrow(0, 0, n).unwrap(),
-    )
 }
 
 /// The fixtures are the files `scripts/export_onnx.py` wrote.
@@ -52,7 +36,7 @@ fn fixtures_match_their_checksums() {
 /// model, for the PyTorch-exported CNN and the hand-built linear model, and the gradient check.
 #[test]
 fn exported_models_match_the_native_models() {
-    let (x, y) = digits(64);
+    let (x, y) = test_digits(64);
     let goal = Goal::untargeted(&y);
     for (file, native) in [
         ("mnist-cnn.onnx", "mnist-cnn"),
@@ -91,7 +75,7 @@ fn exported_models_match_the_native_models() {
 /// PGD on the ONNX CNN fools exactly the digits it fools on the native CNN, on 1,000 digits.
 #[test]
 fn pgd_on_the_onnx_cnn_equals_pgd_on_the_native_cnn() {
-    let (x, y) = digits(1000);
+    let (x, y) = test_digits(1000);
     let goal = Goal::untargeted(&y);
     let onnx = OnnxModel::load(fixture("mnist-cnn.onnx"), &Device::Cpu).unwrap();
     let native = zoo::load("mnist-cnn", &Device::Cpu).unwrap();

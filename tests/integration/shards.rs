@@ -4,6 +4,7 @@
 //! array index picks the shard; `merge` refuses shards of different runs, twice-given,
 //! overlapping and missing shards with exit 2 and one line naming the problem.
 
+use crate::common::bits;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -74,16 +75,6 @@ fn without_wall_time(path: &Path) -> serde_json::Value {
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 fn merge(reports: &[PathBuf], out: &Path) -> Output {

@@ -2,7 +2,7 @@
 //! input, weight and bias gradients equal candle's autograd to 1e-5 on random layers and on
 //! the whole SmallCNN, and do not depend on the thread count.
 
-use crate::common;
+use crate::common::{self, max_abs};
 
 use std::collections::HashMap;
 
@@ -12,14 +12,6 @@ use perturb::data::Mnist;
 use perturb::layers::{Conv2d, Linear};
 use perturb::zoo::Arch;
 use rand::{rngs::StdRng, SeedableRng};
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .and_then(|a| a.flatten_all())
-        .and_then(|a| a.max(0))
-        .and_then(|a| a.to_scalar())
-        .unwrap()
-}
 
 /// `|a − b|∞ ≤ 1e-5 · max(|b|∞, 1)`, with `b` not all zero.
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {

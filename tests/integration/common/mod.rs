@@ -115,6 +115,26 @@ pub fn host(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// The bits of an f32 tensor's values, for bit-for-bit comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    host(t).iter().map(|v| v.to_bits()).collect()
+}
+
+/// The largest absolute value of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    host(t).iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// The first `n` MNIST test digits and their labels.
+pub fn test_digits(n: usize) -> (Tensor, Tensor) {
+    let (images, labels) =
+        perturb::data::Mnist::load_test_default(&candle_core::Device::Cpu).unwrap();
+    (
+        images.narrow(0, 0, n).unwrap(),
+        labels.narrow(0, 0, n).unwrap(),
+    )
+}
+
 /// Peak resident set size of this process, in KiB (Linux): what the child processes of the
 /// memory and bomb tests report.
 pub fn peak_rss_kib() -> Option<u64> {
