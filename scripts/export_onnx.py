@@ -8,6 +8,8 @@
 - mnist-linear-helper.onnx: models/mnist-linear.safetensors written node by node with
   onnx.helper (a second producer and another graph shape: Flatten, MatMul by the transposed
   weights, Add of the bias).
+- ops-zoo.onnx: a small random CNN using the operators beyond SmallCNN's (see OpsZoo), with
+  PyTorch's logits and input gradient on fixed inputs in ops-zoo-reference.safetensors.
 - bad-*.onnx: graphs perturb must refuse with a one-line reason: an unsupported operator
   (Erf), two inputs, a uint8 input.
 
@@ -67,6 +69,7 @@ def linear_graph(name, nodes, inputs, extra_init=()):
 def main():
     os.makedirs(OUT, exist_ok=True)
     export_cnn()
+    export_ops_zoo()
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
     plain = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
              helper.make_node("MatMul", ["flat", "w_t"], ["z"]),
@@ -87,9 +90,62 @@ def main():
                  [bytes_in])
     with open(os.path.join(OUT, "SHA256SUMS"), "w") as sums:
         for name in sorted(os.listdir(OUT)):
-            if name.endswith(".onnx"):
+            if name.endswith(".onnx") or name.endswith(".safetensors"):
                 with open(os.path.join(OUT, name), "rb") as f:
                     sums.write(f"{hashlib.sha256(f.read()).hexdigest()}  {name}\n")
+
+
+
+class OpsZoo(nn.Module):
+    """A small random CNN whose export uses the operators beyond SmallCNN's: strided, padded and
+    grouped convolutions (batch norm, which the exporter folds into the stem), HardSwish,
+    LeakyReLU, Sigmoid, padded max- and average-pooling, a squeeze-and-excitation product,
+    concatenation, mean reduction."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.se = nn.Linear(16, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = nn.functional.hardswish(self.bn(self.stem(x)))
+        h = self.pool(h)
+        a = nn.functional.leaky_relu(self.avg(h), 0.1)
+        b = self.branch(h)
+        h = torch.cat([a, b], dim=1)
+        s = torch.sigmoid(self.se(h.mean(dim=(2, 3))))
+        h = h * s.reshape(-1, 16, 1, 1)
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def export_ops_zoo():
+    """ops-zoo.onnx and its reference: logits and the input gradient of Σ logits ⊙ r on fixed
+    inputs, from PyTorch, in ops-zoo-reference.safetensors."""
+    from safetensors.torch import save_file
+    torch.manual_seed(21)
+    model = OpsZoo()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    torch.onnx.export(
+        model, (torch.zeros(1, 1, 28, 28),), os.path.join(OUT, "ops-zoo.onnx"),
+        input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17, dynamo=False)
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    r = torch.rand(4, 10) - 0.5
+    logits = model(x)
+    (logits * r).sum().backward()
+    save_file({"x": x.detach(), "r": r, "logits": logits.detach(), "grad": x.grad},
+              os.path.join(OUT, "ops-zoo-reference.safetensors"))
 
 
 if __name__ == "__main__":

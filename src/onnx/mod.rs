@@ -36,8 +36,9 @@ use crate::layers::{forward_chain, ChainLayer};
 use ops::{Op, Step};
 
 /// The operators [`OnnxModel`] evaluates.
-pub const SUPPORTED_OPS: [&str; 22] = [
+pub const SUPPORTED_OPS: [&str; 26] = [
     "Add",
+    "AveragePool",
     "BatchNormalization",
     "Clip",
     "Concat",
@@ -48,17 +49,20 @@ pub const SUPPORTED_OPS: [&str; 22] = [
     "Flatten",
     "Gemm",
     "GlobalAveragePool",
+    "HardSwish",
     "Identity",
+    "LeakyRelu",
     "MatMul",
     "MaxPool",
     "Mul",
+    "Pad",
+    "ReduceMean",
     "Relu",
     "Reshape",
     "Sigmoid",
     "Softmax",
     "Sub",
     "Transpose",
-    "LeakyRelu",
 ];
 
 /// An ONNX image classifier: one `f32` input `[N, C, H, W]`, one output `[N, K]` of logits.

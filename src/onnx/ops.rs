@@ -28,6 +28,26 @@ pub(super) enum Op {
         kernel: usize,
         stride: usize,
     },
+    /// Max-pooling of an input padded by `pad` on every side (the padding never wins).
+    PaddedMaxPool {
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    },
+    /// Average pooling; the divisor counts the padding only with `include_pad`.
+    AveragePool {
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        include_pad: bool,
+    },
+    HardSwish,
+    ReduceMean {
+        axes: Vec<i64>,
+        keep: bool,
+    },
+    /// Zero padding `[begin…, end…]` per dimension, as ONNX orders them.
+    Pad(Vec<usize>),
     Flatten {
         axis: usize,
     },
@@ -325,19 +345,26 @@ pub(super) fn build(
                     }
                 }
             }
-            "MaxPool" => {
-                if attr_int(node, "ceil_mode", 0) != 0
-                    || attr_ints(node, "pads").is_some_and(|p| p.iter().any(|&v| v != 0))
-                {
+            "MaxPool" | "AveragePool" => {
+                if attr_int(node, "ceil_mode", 0) != 0 {
                     return Err(format!(
-                        "MaxPool node {:?}: padding and ceil_mode are not supported yet",
-                        node.name
+                        "{} node {:?}: ceil_mode is not supported",
+                        node.op_type, node.name
                     ));
                 }
                 if attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
                     return Err(format!(
-                        "MaxPool node {:?}: dilations are not supported",
-                        node.name
+                        "{} node {:?}: dilations are not supported",
+                        node.op_type, node.name
+                    ));
+                }
+                if attr(node, "auto_pad")
+                    .and_then(|a| a.s.as_deref())
+                    .is_some_and(|s| s != b"NOTSET")
+                {
+                    return Err(format!(
+                        "{} node {:?}: auto_pad is not supported",
+                        node.op_type, node.name
                     ));
                 }
                 let kernel = uniform(
@@ -350,11 +377,85 @@ pub(super) fn build(
                     "strides",
                     node,
                 )?;
+                let pad = uniform(&attr_ints(node, "pads").unwrap_or(vec![0; 4]), "pads", node)?;
+                let op = match (node.op_type.as_str(), pad) {
+                    ("MaxPool", 0) => Op::MaxPool { kernel, stride },
+                    ("MaxPool", pad) => Op::PaddedMaxPool {
+                        kernel,
+                        stride,
+                        pad,
+                    },
+                    _ => Op::AveragePool {
+                        kernel,
+                        stride,
+                        pad,
+                        include_pad: attr_int(node, "count_include_pad", 0) != 0,
+                    },
+                };
+                (op, vec![input(0)?], output.clone())
+            }
+            "HardSwish" => (Op::HardSwish, vec![input(0)?], output.clone()),
+            "ReduceMean" => {
+                let axes = match node.input.get(1).filter(|s| !s.is_empty()) {
+                    Some(name) => int_constants.get(name).cloned().ok_or_else(|| {
+                        format!("ReduceMean node {:?}: axes must be a constant", node.name)
+                    })?,
+                    None => attr_ints(node, "axes").ok_or_else(|| {
+                        format!(
+                            "ReduceMean node {:?}: reducing every axis is not supported",
+                            node.name
+                        )
+                    })?,
+                };
                 (
-                    Op::MaxPool { kernel, stride },
+                    Op::ReduceMean {
+                        axes,
+                        keep: attr_int(node, "keepdims", 1) != 0,
+                    },
                     vec![input(0)?],
                     output.clone(),
                 )
+            }
+            "Pad" => {
+                if attr(node, "mode")
+                    .and_then(|a| a.s.as_deref())
+                    .is_some_and(|m| m != b"constant")
+                {
+                    return Err(format!(
+                        "Pad node {:?}: only constant padding is supported",
+                        node.name
+                    ));
+                }
+                if let Some(value) = constant(2)? {
+                    let v = value
+                        .flatten_all()
+                        .and_then(|v| v.to_vec1::<f32>())
+                        .map_err(|e| e.to_string())?;
+                    if v.iter().any(|&v| v != 0.0) {
+                        return Err(format!(
+                            "Pad node {:?}: only zero padding is supported",
+                            node.name
+                        ));
+                    }
+                }
+                let pads = match node.input.get(1).filter(|s| !s.is_empty()) {
+                    Some(name) => int_constants.get(name).cloned().ok_or_else(|| {
+                        format!("Pad node {:?}: the pads must be a constant", node.name)
+                    })?,
+                    None => attr_ints(node, "pads").unwrap_or_default(),
+                };
+                let pads = pads
+                    .iter()
+                    .map(|&p| {
+                        usize::try_from(p).map_err(|_| {
+                            format!(
+                                "Pad node {:?}: negative pads (cropping) are not supported",
+                                node.name
+                            )
+                        })
+                    })
+                    .collect::<Built<_>>()?;
+                (Op::Pad(pads), vec![input(0)?], output.clone())
             }
             "Flatten" => {
                 let axis = usize::try_from(attr_int(node, "axis", 1))
@@ -484,6 +585,59 @@ impl Op {
             Op::Conv(conv) => candle_core::Module::forward(conv, x),
             Op::Linear(fc) => candle_core::Module::forward(fc, x),
             Op::MaxPool { kernel, stride } => max_pool2d(x, *kernel, *stride),
+            Op::PaddedMaxPool {
+                kernel,
+                stride,
+                pad,
+            } => {
+                // pad with the lowest float: inside, x + 0 is x; outside, the padding never wins
+                let ones = Tensor::ones(x.dims(), x.dtype(), x.device())?;
+                let fence = ((pad2d(&ones, *pad)? - 1.0)? * f64::from(f32::MAX))?;
+                max_pool2d(&(pad2d(x, *pad)? + fence)?, *kernel, *stride)
+            }
+            Op::AveragePool {
+                kernel,
+                stride,
+                pad,
+                include_pad,
+            } => {
+                let sum = window_sum(&pad2d(x, *pad)?, *kernel, *stride)?;
+                if *include_pad || *pad == 0 {
+                    return sum / (kernel * kernel) as f64;
+                }
+                let (_, _, h, w) = x.dims4()?;
+                let ones = Tensor::ones((1, 1, h, w), x.dtype(), x.device())?;
+                let count = window_sum(&pad2d(&ones, *pad)?, *kernel, *stride)?;
+                sum.broadcast_div(&count)
+            }
+            Op::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?.contiguous(),
+            Op::ReduceMean { axes, keep } => {
+                let rank = x.rank();
+                let mut axes: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| axis_index(a, rank))
+                    .collect::<candle_core::Result<_>>()?;
+                axes.sort_unstable();
+                axes.dedup();
+                let mut out = x.clone();
+                for &a in axes.iter().rev() {
+                    out = if *keep {
+                        out.mean_keepdim(a)?
+                    } else {
+                        out.mean(a)?
+                    };
+                }
+                Ok(out)
+            }
+            Op::Pad(pads) => {
+                let rank = x.rank();
+                if pads.len() != 2 * rank {
+                    candle_core::bail!("Pad: {} pads for rank {rank}", pads.len())
+                }
+                (0..rank).try_fold(x.clone(), |t, d| {
+                    t.pad_with_zeros(d, pads[d], pads[rank + d])
+                })
+            }
             Op::Flatten { axis } => {
                 let dims = x.dims();
                 let lead: usize = dims[..*axis.min(&dims.len())].iter().product();
@@ -535,6 +689,43 @@ impl Op {
             Op::Concat(axis) => Tensor::cat(args, axis_index(*axis, x.rank())?),
         }
     }
+}
+
+/// `x` `[N, C, H, W]` with `pad` zeros on every side of each plane.
+fn pad2d(x: &Tensor, pad: usize) -> candle_core::Result<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)
+}
+
+/// The sum over each `kernel × kernel` window at `stride` (no padding, floor mode), as a sum of
+/// strided slices: candle ops whose gradients are exact.
+fn window_sum(x: &Tensor, kernel: usize, stride: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if kernel == 0 || stride == 0 || kernel > h || kernel > w {
+        candle_core::bail!("pooling: kernel {kernel}, stride {stride} do not fit a {h}x{w} input")
+    }
+    let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    let pick = |start: usize, len: usize, dim: usize, t: &Tensor| -> candle_core::Result<Tensor> {
+        if stride == 1 {
+            return t.narrow(dim, start, len);
+        }
+        let idx: Vec<u32> = (0..len).map(|o| (start + o * stride) as u32).collect();
+        t.index_select(&Tensor::new(idx.as_slice(), t.device())?, dim)
+    };
+    let mut total: Option<Tensor> = None;
+    for i in 0..kernel {
+        let rows = pick(i, oh, 2, x)?;
+        for j in 0..kernel {
+            let tap = pick(j, ow, 3, &rows)?;
+            total = Some(match total {
+                None => tap,
+                Some(t) => (t + tap)?,
+            });
+        }
+    }
+    total.ok_or_else(|| candle_core::Error::Msg("pooling: empty kernel".into()))
 }
 
 /// A possibly negative ONNX axis as an index into `rank` dimensions.

@@ -29,7 +29,7 @@ fn fixtures_match_their_checksums() {
         assert_eq!(zoo::sha256_hex(&bytes), hash, "{name}");
         seen += 1;
     }
-    assert_eq!(seen, 5);
+    assert_eq!(seen, 7);
 }
 
 /// Logits to 1e-5 and input gradients to 1e-4 (relative to their largest entry) of the native
@@ -70,6 +70,53 @@ fn exported_models_match_the_native_models() {
             "{file}"
         );
     }
+}
+
+/// A random CNN with the operators beyond SmallCNN's (strided, padded and grouped convolutions,
+/// HardSwish, LeakyReLU, Sigmoid, padded max- and average-pooling without the padding in the
+/// divisor, concatenation, a squeeze-and-excitation product, mean reduction): PyTorch's logits
+/// and input gradient to 1e-5 and 1e-4 of their largest entry, and the gradient check.
+#[test]
+fn more_operators_match_pytorch() {
+    let dev = Device::Cpu;
+    let model = OnnxModel::load(fixture("ops-zoo.onnx"), &dev).unwrap();
+    for op in [
+        "AveragePool",
+        "HardSwish",
+        "LeakyRelu",
+        "MaxPool",
+        "ReduceMean",
+        "Sigmoid",
+        "Concat",
+    ] {
+        assert!(model.op_counts().contains_key(op), "{op}");
+    }
+    let want =
+        candle_core::safetensors::load(fixture("ops-zoo-reference.safetensors"), &dev).unwrap();
+    let (x, r) = (&want["x"], &want["r"]);
+    let var = candle_core::Var::from_tensor(x).unwrap();
+    let logits = model.logits(var.as_tensor()).unwrap();
+    let err = max_abs(&(&logits - &want["logits"]).unwrap());
+    assert!(
+        err <= 1e-5 * max_abs(&want["logits"]).max(1.0),
+        "logits differ by {err}"
+    );
+    let grads = (&logits * r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = grads.get(var.as_tensor()).unwrap();
+    let (err, scale) = (
+        max_abs(&(grad - &want["grad"]).unwrap()),
+        max_abs(&want["grad"]),
+    );
+    assert!(
+        scale > 0.0 && err <= 1e-4 * scale,
+        "gradients differ by {err} of {scale}"
+    );
+    assert!(GradientCheck::new().run(&model, x).unwrap().passed());
 }
 
 /// PGD on the ONNX CNN fools exactly the digits it fools on the native CNN, on 1,000 digits.
