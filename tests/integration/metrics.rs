@@ -169,11 +169,11 @@ mod curves {
             // FGSM-RS model (97 then 98 of 100 at 0.1 and 0.2); more than one sample is what
             // the masking warning flags, and none is allowed below
             assert!(acc.windows(2).all(|w| w[1] <= w[0] + 1), "{name}: {acc:?}");
-            if !name.ends_with("robust") {
+            if name != "mnist-cnn-fgsm-rs" {
                 assert!(acc.windows(2).all(|w| w[1] <= w[0]), "{name}: {acc:?}");
             }
             assert!(acc[0] >= 54, "{name}: {acc:?}");
-            if name.ends_with("robust") {
+            if name == "mnist-cnn-fgsm-rs" {
                 assert!(acc[4] >= 40, "{name} keeps most digits at 0.3: {acc:?}");
             } else {
                 assert!(acc[4] <= 3, "{name}: {acc:?}");
