@@ -10,6 +10,8 @@
   weights, Add of the bias).
 - ops-zoo.onnx: a small random CNN using the operators beyond SmallCNN's (see OpsZoo), with
   PyTorch's logits and input gradient on fixed inputs in ops-zoo-reference.safetensors.
+- quantized-input.onnx: the linear model behind Round(x · 255) / 255, a gradient-masking
+  preprocessing that `perturb inspect` must flag.
 - bad-*.onnx: graphs perturb must refuse with a one-line reason: an unsupported operator
   (Erf), two inputs, a uint8 input.
 
@@ -83,6 +85,14 @@ def main():
                  [helper.make_node("Mul", ["image", "mask"], ["masked"]),
                   helper.make_node("Flatten", ["masked"], ["flat"], axis=1)] + plain[1:],
                  [image, second])
+    # input quantisation, Round(x · 255) / 255, before the linear model: no gradient passes Round
+    levels = numpy_helper.from_array(np.array(255.0, dtype=np.float32), "levels")
+    linear_graph("quantized-input",
+                 [helper.make_node("Mul", ["image", "levels"], ["scaled"]),
+                  helper.make_node("Round", ["scaled"], ["rounded"]),
+                  helper.make_node("Div", ["rounded", "levels"], ["quantized"]),
+                  helper.make_node("Flatten", ["quantized"], ["flat"], axis=1)] + plain[1:],
+                 [image], [levels])
     bytes_in = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 1, 28, 28])
     linear_graph("bad-uint8-input",
                  [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),

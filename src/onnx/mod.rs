@@ -65,6 +65,125 @@ pub const SUPPORTED_OPS: [&str; 26] = [
     "Transpose",
 ];
 
+/// Operators through which no gradient flows (comparisons, rounding, arg-max, integer casts): a
+/// model that uses them on the path from input to logits masks gradients, and gradient attacks
+/// on it overstate its robustness.
+pub const ZERO_GRADIENT_OPS: [&str; 16] = [
+    "And",
+    "ArgMax",
+    "ArgMin",
+    "Ceil",
+    "Equal",
+    "Floor",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "NonZero",
+    "Not",
+    "Or",
+    "Round",
+    "Sign",
+    "TopK",
+];
+
+/// One graph input or output as the file declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueSummary {
+    /// Its name in the graph.
+    pub name: String,
+    /// Element type (`float32`, `uint8`, …).
+    pub elem_type: &'static str,
+    /// Dimensions, `None` where symbolic (a batch size); empty when the file gives no shape.
+    pub shape: Vec<Option<i64>>,
+}
+
+/// What an ONNX file holds, read without building the model: what `perturb inspect` reports,
+/// also for graphs [`OnnxModel`] refuses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphSummary {
+    /// The program that wrote the file (`pytorch 2.15.0`).
+    pub producer: String,
+    /// The default-domain operator set version.
+    pub opset: Option<i64>,
+    /// Inputs that are not weights.
+    pub inputs: Vec<ValueSummary>,
+    /// Outputs.
+    pub outputs: Vec<ValueSummary>,
+    /// Nodes per operator.
+    pub op_counts: BTreeMap<String, usize>,
+    /// Operators [`OnnxModel`] does not evaluate.
+    pub unsupported: Vec<String>,
+    /// Operators without gradients ([`ZERO_GRADIENT_OPS`], and casts to integer types).
+    pub zero_gradient: Vec<String>,
+}
+
+/// Read an ONNX file's structure: inputs, outputs, operator counts, the operators perturb does
+/// not support and those without gradients.
+///
+/// ```
+/// let s = perturb::onnx::scan("tests/fixtures/onnx/bad-unsupported.onnx")?;
+/// assert_eq!(s.unsupported, ["Erf"]);
+/// assert_eq!(s.inputs[0].shape, [None, Some(1), Some(28), Some(28)]);
+/// # Ok::<(), perturb::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Onnx`] when it is not a readable model.
+pub fn scan(path: impl AsRef<Path>) -> Result<GraphSummary> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let model = proto::decode_model(&bytes).map_err(|e| onnx_error(path, e.to_string()))?;
+    let graph = &model.graph;
+    let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let summary = |v: &proto::ValueInfo| ValueSummary {
+        name: v.name.clone(),
+        elem_type: ops::type_name(v.elem_type),
+        shape: v.shape.clone(),
+    };
+    let mut op_counts = BTreeMap::new();
+    let (mut unsupported, mut zero_gradient) = (Vec::new(), Vec::new());
+    for n in &graph.node {
+        *op_counts.entry(n.op_type.clone()).or_insert(0) += 1;
+        let op = n.op_type.as_str();
+        if !SUPPORTED_OPS.contains(&op) && !unsupported.contains(&n.op_type) {
+            unsupported.push(n.op_type.clone());
+        }
+        let to_integer = op == "Cast"
+            && n.attribute
+                .iter()
+                .any(|a| a.name == "to" && a.i.is_some_and(|t| ![1, 10, 11, 16].contains(&t)));
+        if (ZERO_GRADIENT_OPS.contains(&op) || to_integer) && !zero_gradient.contains(&n.op_type) {
+            zero_gradient.push(n.op_type.clone());
+        }
+    }
+    unsupported.sort();
+    zero_gradient.sort();
+    Ok(GraphSummary {
+        producer: format!("{} {}", model.producer_name, model.producer_version)
+            .trim()
+            .to_string(),
+        opset: model
+            .opset_import
+            .iter()
+            .find(|(domain, _)| domain.is_empty() || domain == "ai.onnx")
+            .map(|(_, v)| *v),
+        inputs: graph
+            .input
+            .iter()
+            .filter(|i| !weights.contains(i.name.as_str()))
+            .map(summary)
+            .collect(),
+        outputs: graph.output.iter().map(summary).collect(),
+        op_counts,
+        unsupported,
+        zero_gradient,
+    })
+}
+
 /// An ONNX image classifier: one `f32` input `[N, C, H, W]`, one output `[N, K]` of logits.
 #[derive(Debug, Clone)]
 pub struct OnnxModel {

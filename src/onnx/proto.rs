@@ -150,6 +150,7 @@ fn floats(v: Value<'_>, out: &mut Vec<f32>, what: &str) -> Result<()> {
 pub struct Model {
     pub ir_version: i64,
     pub producer_name: String,
+    pub producer_version: String,
     /// `(domain, version)` of each operator set the graph imports.
     pub opset_import: Vec<(String, i64)>,
     pub graph: Graph,
@@ -222,6 +223,7 @@ pub fn decode_model(buf: &[u8]) -> Result<Model> {
         match field {
             1 => m.ir_version = varint(v, "ir_version")? as i64,
             2 => m.producer_name = string(v, "producer_name")?,
+            3 => m.producer_version = string(v, "producer_version")?,
             7 => graph = Some(decode_graph(bytes(v, "graph")?)?),
             8 => m
                 .opset_import

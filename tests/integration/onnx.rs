@@ -29,7 +29,7 @@ fn fixtures_match_their_checksums() {
         assert_eq!(zoo::sha256_hex(&bytes), hash, "{name}");
         seen += 1;
     }
-    assert_eq!(seen, 7);
+    assert_eq!(seen, 8);
 }
 
 /// Logits to 1e-5 and input gradients to 1e-4 (relative to their largest entry) of the native
@@ -166,4 +166,51 @@ fn bad_graphs_and_truncated_files_are_typed_errors() {
         OnnxModel::load(fixture("absent.onnx"), &dev),
         Err(Error::Io { .. })
     ));
+}
+
+/// `perturb inspect`: exit 0 with the operators, classes, gradient check and determinism of
+/// a model gradient attacks can trust (ONNX and shipped); exit 1 naming the unsupported and the
+/// gradient-free operators of one they cannot; exit 2 for a file that is not a model.
+#[test]
+fn inspect_says_whether_gradient_attacks_can_be_trusted() {
+    let inspect = |model: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
+            .args(["inspect", "--model", model])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let cnn = fixture("mnist-cnn.onnx");
+    let (code, text) = inspect(cnn.to_str().unwrap());
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "operators: Conv 4, Flatten 1, Gemm 3, MaxPool 2, Relu 6",
+        "classes: 10",
+        "deterministic: yes",
+        "gradient check: passed",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let (code, text) = inspect("mnist-cnn");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("312202 parameters"), "{text}");
+    let quantized = fixture("quantized-input.onnx");
+    let (code, text) = inspect(quantized.to_str().unwrap());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("unsupported: Round"), "{text}");
+    assert!(
+        text.contains("without gradient (masking risk): Round"),
+        "{text}"
+    );
+    let scan = perturb::onnx::scan(&quantized).unwrap();
+    assert_eq!(scan.zero_gradient, ["Round"]);
+    let not_onnx = fixture("SHA256SUMS");
+    let bogus = std::env::temp_dir().join(format!("perturb-inspect-{}.onnx", std::process::id()));
+    std::fs::copy(&not_onnx, &bogus).unwrap();
+    let (code, text) = inspect(bogus.to_str().unwrap());
+    std::fs::remove_file(&bogus).unwrap();
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(text.lines().count(), 1, "one line: {text}");
 }

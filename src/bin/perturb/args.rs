@@ -71,6 +71,9 @@ pub enum Command {
     /// Join the --json reports of a run's shards (`attack --shard I/N`) into the whole run's
     /// report; refuses shards of different runs, overlapping or missing shards (exit 2).
     Merge(crate::shard::MergeArgs),
+    /// What a model is (input, classes, ONNX operators) and whether gradient attacks can be
+    /// trusted on it (gradient-free operators, the gradient check, determinism); exit 1 if not.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 /// Model, data and device.

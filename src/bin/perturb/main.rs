@@ -14,6 +14,7 @@ macro_rules! out {
 }
 
 mod args;
+mod inspect;
 mod minimal;
 mod outputs;
 mod patch;
@@ -104,6 +105,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Patch(p) => patch::run(p),
         Command::Transfer(t) => transfer::run(t),
         Command::Merge(m) => shard::merge(m),
+        Command::Inspect(i) => inspect::run(i),
     }
 }
 

@@ -1,0 +1,190 @@
+//! `perturb inspect`: what a model is and whether gradient attacks can be trusted on it: input
+//! shape, classes, operators (ONNX), operators perturb does not support or that have no gradient
+//! (a masking risk), the gradient self-check on random inputs, and whether two forward passes
+//! agree bit for bit.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use perturb::onnx::{self, OnnxModel};
+use perturb::{zoo, Classifier, GradVerdict, GradientCheck};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// `perturb inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A shipped model name, a safetensors file (with --arch) or an ONNX file (.onnx).
+    #[arg(long)]
+    pub model: String,
+    /// Architecture of safetensors weights given by path.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// `C,H,W` of the input where an ONNX graph leaves it symbolic.
+    #[arg(long, value_name = "C,H,W")]
+    pub input_shape: Option<String>,
+    /// Random inputs for the gradient check and the determinism check.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Exit 0 when gradient attacks on the model can be trusted, 1 when not (unsupported or
+/// gradient-free operators, a failed gradient check, a nondeterministic forward pass), 2 for
+/// errors.
+pub fn run(a: InspectArgs) -> Result<ExitCode> {
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let device = Device::Cpu;
+    let mut problems = Vec::new();
+    let (model, shape): (Box<dyn Classifier>, Vec<Option<usize>>) = if a.model.ends_with(".onnx") {
+        let s = onnx::scan(&a.model)?;
+        out!(
+            "model: {} (ONNX, {}, opset {})",
+            a.model,
+            s.producer,
+            s.opset.map_or("?".into(), |v| v.to_string())
+        );
+        for v in &s.inputs {
+            out!("input: {} {} {}", v.name, v.elem_type, dims(&v.shape));
+        }
+        for v in &s.outputs {
+            out!("output: {} {} {}", v.name, v.elem_type, dims(&v.shape));
+        }
+        let counts: Vec<String> = s
+            .op_counts
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        out!("operators: {}", counts.join(", "));
+        out!("unsupported: {}", list(&s.unsupported));
+        out!(
+            "without gradient (masking risk): {}",
+            list(&s.zero_gradient)
+        );
+        if !s.unsupported.is_empty() {
+            out!("verdict: perturb cannot evaluate this graph");
+            return Ok(ExitCode::from(1));
+        }
+        if !s.zero_gradient.is_empty() {
+            problems.push("operators without gradient");
+        }
+        let model = OnnxModel::load(&a.model, &device)?;
+        let shape = model.input_shape().to_vec();
+        (Box::new(model), shape)
+    } else {
+        let arch = a.arch.as_deref().map(str::parse::<zoo::Arch>).transpose()?;
+        let model = zoo::resolve(&a.model, arch, None, &device)?;
+        let arch = model.arch();
+        let params: usize = arch
+            .params()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        out!(
+            "model: {} (architecture {arch}, {params} parameters)",
+            a.model
+        );
+        let shape = arch.input_shape().iter().map(|&d| Some(d)).collect();
+        (Box::new(model), shape)
+    };
+    let [c, h, w] = input_shape(&shape, a.input_shape.as_deref())?;
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let pixels: Vec<f32> = (0..a.n * c * h * w)
+        .map(|_| rng.random_range(0.0..=1.0))
+        .collect();
+    let x = Tensor::from_vec(pixels, (a.n, c, h, w), &device)?;
+    let logits = model.logits(&x).context("forward pass on random inputs")?;
+    let Ok((_, classes)) = logits.dims2() else {
+        bail!(
+            "the model's output is {:?}, not [batch, classes]",
+            logits.dims()
+        );
+    };
+    out!("input shape: [N, {c}, {h}, {w}]; classes: {classes}");
+    let again = model.logits(&x)?;
+    let same = (&logits - &again)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?
+        == 0.0;
+    out!(
+        "deterministic: {}",
+        if same {
+            "yes (two forward passes, same bits)"
+        } else {
+            "NO: two forward passes differ"
+        }
+    );
+    if !same {
+        problems.push("nondeterministic forward pass");
+    }
+    let verdict = GradientCheck::new().run(model.as_ref(), &x)?;
+    match verdict {
+        GradVerdict::Passed { relative_error } => {
+            out!("gradient check: passed on {} random inputs (median relative error {relative_error:.1e})", a.n)
+        }
+        GradVerdict::Missing => {
+            out!("gradient check: no gradient reaches the input");
+            problems.push("no input gradient");
+        }
+        GradVerdict::Mismatch { relative_error, .. } => {
+            out!("gradient check: FAILED, autograd and finite differences differ by {relative_error:.2e}");
+            problems.push("gradient check failed");
+        }
+    }
+    match problems.is_empty() {
+        true => {
+            out!("verdict: gradient attacks can be trusted on this model");
+            Ok(ExitCode::SUCCESS)
+        }
+        false => {
+            out!(
+                "verdict: do not trust gradient attacks alone: {}",
+                problems.join(", ")
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn list(items: &[String]) -> String {
+    match items.is_empty() {
+        true => "none".into(),
+        false => items.join(", "),
+    }
+}
+
+fn dims(shape: &[Option<i64>]) -> String {
+    let d: Vec<String> = shape
+        .iter()
+        .map(|d| d.map_or("?".into(), |v| v.to_string()))
+        .collect();
+    format!("[{}]", d.join(", "))
+}
+
+/// `[C, H, W]` from the model, or from `--input-shape` where the model leaves it open.
+fn input_shape(model: &[Option<usize>], flag: Option<&str>) -> Result<[usize; 3]> {
+    if let Some(spec) = flag {
+        let parts: Vec<usize> = spec
+            .split(',')
+            .map(|p| p.trim().parse::<usize>().ok().filter(|v| *v > 0))
+            .collect::<Option<_>>()
+            .with_context(|| {
+                format!("--input-shape {spec}: expected C,H,W, three positive integers")
+            })?;
+        if let [c, h, w] = parts[..] {
+            return Ok([c, h, w]);
+        }
+        bail!("--input-shape {spec}: expected C,H,W, three positive integers");
+    }
+    match model {
+        [Some(c), Some(h), Some(w)] => Ok([*c, *h, *w]),
+        _ => bail!("the model leaves its input shape open; give --input-shape C,H,W"),
+    }
+}
