@@ -214,3 +214,44 @@ fn inspect_says_whether_gradient_attacks_can_be_trusted() {
     assert_eq!(code, Some(2), "{text}");
     assert_eq!(text.lines().count(), 1, "one line: {text}");
 }
+
+/// `perturb gate --model FILE.onnx` passes or fails exactly as the native model, with the same
+/// robust accuracy; bad graphs and a truncated file are exit 2 with one line saying why.
+#[test]
+fn the_gate_takes_onnx_files() {
+    let run = |model: &str, n: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
+            .args(["gate", "--model", model, "--attack", "pgd", "--eps", "0.1"])
+            .args(["--min-robust-accuracy", "0.5", "--n", n])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let cnn = fixture("mnist-cnn.onnx");
+    let (onnx_code, onnx_text) = run(cnn.to_str().unwrap(), "200");
+    let (native_code, native_text) = run("mnist-cnn", "200");
+    assert_eq!(onnx_code, Some(0), "{onnx_text}");
+    assert_eq!(onnx_code, native_code, "{onnx_text}\n{native_text}");
+    let verdict = |t: &str| t.split(" (").next().unwrap_or_default().to_string();
+    assert_eq!(verdict(&onnx_text), verdict(&native_text));
+    let bytes = std::fs::read(&cnn).unwrap();
+    let cut = std::env::temp_dir().join(format!("perturb-cut-{}.onnx", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    for (file, words) in [
+        (
+            fixture("bad-unsupported.onnx"),
+            "unsupported ONNX operators: Erf",
+        ),
+        (fixture("bad-two-inputs.onnx"), "2 inputs"),
+        (fixture("bad-uint8-input.onnx"), "uint8"),
+        (cut.clone(), "truncated"),
+    ] {
+        let (code, text) = run(file.to_str().unwrap(), "20");
+        assert_eq!(code, Some(2), "{text}");
+        assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+        assert!(text.contains(words), "{words}: {text}");
+    }
+    std::fs::remove_file(&cut).unwrap();
+}

@@ -9,7 +9,9 @@ use perturb::attack::{AttackSpec, Ensemble, FixedBudget, Registry};
 use perturb::data::{load_image, load_photo, Fit, Mnist};
 use perturb::eval::{Shard, ShardInfo};
 use perturb::metrics::{IntervalMethod, IntervalSpec};
-use perturb::zoo::{self, Arch, ZooModel};
+use perturb::zoo::{self, Arch};
+
+use crate::model::CliModel;
 use perturb::Norm;
 use serde_json::Value;
 
@@ -83,9 +85,13 @@ pub struct Common {
     /// also calls it --source).
     #[arg(long, alias = "source")]
     pub model: String,
-    /// Architecture of weights given by path: mnist-linear, small-cnn or efficientnet-lite0.
+    /// Architecture of weights given by path: mnist-linear, small-cnn or efficientnet-lite0
+    /// (not for an ONNX file, which holds its graph).
     #[arg(long)]
     pub arch: Option<String>,
+    /// `C,H,W` of an ONNX model's input where its graph leaves it symbolic.
+    #[arg(long, value_name = "C,H,W")]
+    pub input_shape: Option<String>,
     /// Attack these image files (PNG, JPEG; repeat the flag) instead of the MNIST test set. Each
     /// image's label is the model's own prediction on it; photos are resized to the model's
     /// input (shorter side, then the central square).
@@ -343,10 +349,22 @@ pub struct GateArgs {
     pub markdown: Option<PathBuf>,
 }
 
+/// `C,H,W` as three positive integers.
+pub fn parse_input_shape(spec: &str) -> Result<[usize; 3]> {
+    let parts: Option<Vec<usize>> = spec
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().ok().filter(|v| *v > 0))
+        .collect();
+    match parts.as_deref() {
+        Some(&[c, h, w]) => Ok([c, h, w]),
+        _ => bail!("--input-shape {spec}: expected C,H,W, three positive integers"),
+    }
+}
+
 /// A model with its test data, ready to attack.
 #[derive(Clone)]
 pub struct Loaded {
-    pub model: ZooModel,
+    pub model: CliModel,
     pub model_name: String,
     pub images: Tensor,
     pub labels: Tensor,
@@ -571,14 +589,18 @@ impl Common {
     ) -> Result<(Loaded, Option<ShardInfo>)> {
         let device = perturb::device::parse(&self.device)?;
         let arch = self.arch.as_deref().map(str::parse::<Arch>).transpose()?;
-        let shipped = zoo::SHIPPED.iter().any(|s| s.name == self.model);
-        if !shipped && arch.is_none() && std::path::Path::new(&self.model).is_file() {
-            bail!(
-                "--arch is required for weights given by path ({}): mnist-linear, small-cnn or efficientnet-lite0",
-                self.model
-            );
-        }
-        let model = zoo::resolve(&self.model, arch, self.sha256.as_deref(), &device)?;
+        let input_shape = self
+            .input_shape
+            .as_deref()
+            .map(parse_input_shape)
+            .transpose()?;
+        let model = CliModel::resolve(
+            &self.model,
+            arch,
+            self.sha256.as_deref(),
+            input_shape,
+            &device,
+        )?;
         if !self.images.is_empty() && (self.n.is_some() || self.offset.is_some()) {
             bail!("--n and --offset select MNIST test images; with --image every given file is attacked");
         }
@@ -619,7 +641,7 @@ impl Common {
     /// The MNIST digits `[offset, offset + n)` of `split`, without the `target` class.
     fn load_mnist(
         &self,
-        model: ZooModel,
+        model: CliModel,
         target: Option<u32>,
         split: Split,
         device: &candle_core::Device,
@@ -690,7 +712,7 @@ impl Common {
     /// as the file says; rows of the `target` class are left out.
     fn load_dir(
         &self,
-        model: ZooModel,
+        model: CliModel,
         dir: &std::path::Path,
         target: Option<u32>,
         device: &candle_core::Device,
@@ -759,7 +781,7 @@ impl Common {
     /// The `--image` files, labelled with the model's own predictions.
     fn load_files(
         &self,
-        model: ZooModel,
+        model: CliModel,
         target: Option<u32>,
         device: &candle_core::Device,
     ) -> Result<Loaded> {

@@ -171,17 +171,7 @@ fn dims(shape: &[Option<i64>]) -> String {
 /// `[C, H, W]` from the model, or from `--input-shape` where the model leaves it open.
 fn input_shape(model: &[Option<usize>], flag: Option<&str>) -> Result<[usize; 3]> {
     if let Some(spec) = flag {
-        let parts: Vec<usize> = spec
-            .split(',')
-            .map(|p| p.trim().parse::<usize>().ok().filter(|v| *v > 0))
-            .collect::<Option<_>>()
-            .with_context(|| {
-                format!("--input-shape {spec}: expected C,H,W, three positive integers")
-            })?;
-        if let [c, h, w] = parts[..] {
-            return Ok([c, h, w]);
-        }
-        bail!("--input-shape {spec}: expected C,H,W, three positive integers");
+        return crate::args::parse_input_shape(spec);
     }
     match model {
         [Some(c), Some(h), Some(w)] => Ok([*c, *h, *w]),

@@ -16,6 +16,7 @@ macro_rules! out {
 mod args;
 mod inspect;
 mod minimal;
+mod model;
 mod outputs;
 mod patch;
 mod resume;
