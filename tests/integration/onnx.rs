@@ -255,3 +255,40 @@ fn the_gate_takes_onnx_files() {
     }
     std::fs::remove_file(&cut).unwrap();
 }
+
+/// `perturb transfer --targets` takes ONNX files: each exported model's column equals its native
+/// model's, cell by cell.
+#[test]
+fn transfer_targets_take_onnx_files() {
+    let (cnn, linear) = (
+        fixture("mnist-cnn.onnx"),
+        fixture("mnist-linear-helper.onnx"),
+    );
+    let targets = format!(
+        "mnist-cnn,{},mnist-linear,{}",
+        cnn.display(),
+        linear.display()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
+        .args(["transfer", "--source", "mnist-cnn-fgsm-rs", "--targets", &targets])
+        .args(["--eps", "0.2", "--n", "40", "--attacks", "fgsm,pgd"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("fgsm") || l.starts_with("pgd"))
+        .map(|l| l.split_whitespace().filter(|c| c.ends_with('%')).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        // the source's own column first
+        assert_eq!(row.len(), 5, "{text}");
+        assert_eq!((row[1], row[3]), (row[2], row[4]), "{text}");
+    }
+}

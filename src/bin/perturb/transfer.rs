@@ -11,6 +11,7 @@ use perturb::metrics::IntervalSpec;
 use perturb::{export, zoo, Classifier};
 
 use crate::args::{parse_number, Common, Scope, Spec};
+use crate::model::CliModel;
 use crate::{evaluator, outputs};
 
 #[derive(Args, Debug)]
@@ -59,16 +60,16 @@ pub fn run(t: TransferArgs) -> Result<ExitCode> {
     let device = perturb::device::parse(&t.common.device)?;
     let mut targets = Vec::new();
     for spec in t.targets.split(',').map(str::trim) {
-        let shipped = zoo::SHIPPED.iter().any(|s| s.name == spec);
+        let shipped = zoo::SHIPPED.iter().any(|s| s.name == spec) || spec.ends_with(".onnx");
         let (name, arch) = match spec.rsplit_once(':') {
             Some((path, arch)) if !shipped => (path, Some(arch.parse().context("--targets")?)),
             _ => (spec, None),
         };
         if !shipped && arch.is_none() {
-            bail!("--targets {spec}: give weights by path as PATH:ARCH (mnist-linear, small-cnn or efficientnet-lite0)");
+            bail!("--targets {spec}: give weights by path as PATH:ARCH (mnist-linear, small-cnn or efficientnet-lite0), or an .onnx file");
         }
-        let model =
-            zoo::resolve(name, arch, None, &device).with_context(|| format!("--targets {spec}"))?;
+        let model = CliModel::resolve(name, arch, None, None, &device)
+            .with_context(|| format!("--targets {spec}"))?;
         if model.arch().input_shape() != input {
             bail!(
                 "--targets {spec}: takes {:?} inputs, the source {:?}",
