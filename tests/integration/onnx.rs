@@ -270,7 +270,13 @@ fn transfer_targets_take_onnx_files() {
         linear.display()
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
-        .args(["transfer", "--source", "mnist-cnn-fgsm-rs", "--targets", &targets])
+        .args([
+            "transfer",
+            "--source",
+            "mnist-cnn-fgsm-rs",
+            "--targets",
+            &targets,
+        ])
         .args(["--eps", "0.2", "--n", "40", "--attacks", "fgsm,pgd"])
         .output()
         .unwrap();
