@@ -137,6 +137,12 @@ pub fn scan(path: impl AsRef<Path>) -> Result<GraphSummary> {
         source,
     })?;
     let model = proto::decode_model(&bytes).map_err(|e| onnx_error(path, e.to_string()))?;
+    Ok(summarize(&model))
+}
+
+/// The [`GraphSummary`] of a decoded model: what [`scan`] reports and what
+/// [`OnnxModel::from_bytes`] checks before it builds anything.
+fn summarize(model: &proto::Model) -> GraphSummary {
     let graph = &model.graph;
     let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let summary = |v: &proto::ValueInfo| ValueSummary {
@@ -162,7 +168,7 @@ pub fn scan(path: impl AsRef<Path>) -> Result<GraphSummary> {
     }
     unsupported.sort();
     zero_gradient.sort();
-    Ok(GraphSummary {
+    GraphSummary {
         producer: format!("{} {}", model.producer_name, model.producer_version)
             .trim()
             .to_string(),
@@ -181,7 +187,7 @@ pub fn scan(path: impl AsRef<Path>) -> Result<GraphSummary> {
         op_counts,
         unsupported,
         zero_gradient,
-    })
+    }
 }
 
 /// An ONNX image classifier: one `f32` input `[N, C, H, W]`, one output `[N, K]` of logits.
@@ -227,6 +233,7 @@ impl OnnxModel {
     /// As [`load`](Self::load).
     pub fn from_bytes(bytes: &[u8], file: &Path, device: &Device) -> Result<Self> {
         let model = proto::decode_model(bytes).map_err(|e| onnx_error(file, e.to_string()))?;
+        let summary = summarize(&model);
         let graph = model.graph;
         let initializers: HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -276,18 +283,10 @@ impl OnnxModel {
                 ),
             ));
         };
-        let unsupported: Vec<String> = graph
-            .node
-            .iter()
-            .map(|n| n.op_type.clone())
-            .filter(|op| !SUPPORTED_OPS.contains(&op.as_str()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !unsupported.is_empty() {
+        if !summary.unsupported.is_empty() {
             return Err(Error::OnnxUnsupported {
                 file: file.to_path_buf(),
-                ops: unsupported,
+                ops: summary.unsupported,
             });
         }
         let mut constants = HashMap::new();
@@ -295,10 +294,6 @@ impl OnnxModel {
             let tensor =
                 ops::decode_tensor(t, device).map_err(|reason| onnx_error(file, reason))?;
             constants.insert(t.name.clone(), tensor);
-        }
-        let mut op_counts = BTreeMap::new();
-        for n in &graph.node {
-            *op_counts.entry(n.op_type.clone()).or_insert(0) += 1;
         }
         let steps = ops::build(&graph.node, &graph.initializer, &mut constants, device)
             .map_err(|reason| onnx_error(file, reason))?;
@@ -315,7 +310,7 @@ impl OnnxModel {
             input_shape,
             steps,
             constants,
-            op_counts,
+            op_counts: summary.op_counts,
         })
     }
 

@@ -135,22 +135,8 @@ pub(super) fn decode_tensor(t: &TensorData, device: &Device) -> Built<Tensor> {
                 .collect()
         }
         1 => t.float_data.clone(),
-        7 if !t.raw_data.is_empty() => {
-            if t.raw_data.len() != count * 8 {
-                return Err(format!(
-                    "tensor {:?} holds {} bytes for {count} int64",
-                    t.name,
-                    t.raw_data.len()
-                ));
-            }
-            t.raw_data
-                .chunks_exact(8)
-                .map(|c| {
-                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                })
-                .collect()
-        }
-        7 => t.int64_data.iter().map(|&v| v as f32).collect(),
+        // integer shapes and axes, exact as f32 at the sizes a graph's shapes have
+        7 => int64_values(t)?.iter().map(|&v| v as f32).collect(),
         6 => t.int32_data.iter().map(|&v| v as f32).collect(),
         other => {
             return Err(format!(
@@ -179,6 +165,13 @@ pub(super) fn decode_tensor(t: &TensorData, device: &Device) -> Built<Tensor> {
 /// Integer values of an `int64` constant (a `Reshape` shape).
 fn int64_values(t: &TensorData) -> Built<Vec<i64>> {
     if !t.raw_data.is_empty() {
+        if !t.raw_data.len().is_multiple_of(8) {
+            return Err(format!(
+                "tensor {:?} holds {} bytes, not whole int64 values",
+                t.name,
+                t.raw_data.len()
+            ));
+        }
         return Ok(t
             .raw_data
             .chunks_exact(8)

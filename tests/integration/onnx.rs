@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cli::{perturb, text};
 use crate::common::{max_abs, test_digits};
 use candle_core::{Device, Module};
 use perturb::onnx::OnnxModel;
@@ -16,6 +17,12 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/onnx")
         .join(name)
+}
+
+/// The binary's exit code and its stdout and stderr together.
+fn exit_and_output(args: &[&str]) -> (Option<i32>, String) {
+    let out = perturb(args);
+    (out.status.code(), text(&out.stdout) + &text(&out.stderr))
 }
 
 /// The fixtures are the files `scripts/export_onnx.py` wrote.
@@ -173,15 +180,7 @@ fn bad_graphs_and_truncated_files_are_typed_errors() {
 /// gradient-free operators of one they cannot; exit 2 for a file that is not a model.
 #[test]
 fn inspect_says_whether_gradient_attacks_can_be_trusted() {
-    let inspect = |model: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
-            .args(["inspect", "--model", model])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
-    };
+    let inspect = |model: &str| exit_and_output(&["inspect", "--model", model]);
     let cnn = fixture("mnist-cnn.onnx");
     let (code, text) = inspect(cnn.to_str().unwrap());
     assert_eq!(code, Some(0), "{text}");
@@ -220,14 +219,19 @@ fn inspect_says_whether_gradient_attacks_can_be_trusted() {
 #[test]
 fn the_gate_takes_onnx_files() {
     let run = |model: &str, n: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
-            .args(["gate", "--model", model, "--attack", "pgd", "--eps", "0.1"])
-            .args(["--min-robust-accuracy", "0.5", "--n", n])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        exit_and_output(&[
+            "gate",
+            "--model",
+            model,
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--min-robust-accuracy",
+            "0.5",
+            "--n",
+            n,
+        ])
     };
     let cnn = fixture("mnist-cnn.onnx");
     let (onnx_code, onnx_text) = run(cnn.to_str().unwrap(), "200");
@@ -269,18 +273,20 @@ fn transfer_targets_take_onnx_files() {
         cnn.display(),
         linear.display()
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perturb"))
-        .args([
-            "transfer",
-            "--source",
-            "mnist-cnn-fgsm-rs",
-            "--targets",
-            &targets,
-        ])
-        .args(["--eps", "0.2", "--n", "40", "--attacks", "fgsm,pgd"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = perturb(&[
+        "transfer",
+        "--source",
+        "mnist-cnn-fgsm-rs",
+        "--targets",
+        &targets,
+        "--eps",
+        "0.2",
+        "--n",
+        "40",
+        "--attacks",
+        "fgsm,pgd",
+    ]);
+    let text = text(&out.stdout);
     assert!(
         out.status.success(),
         "{text}{}",

@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use perturb::onnx::{self, OnnxModel};
+use perturb::onnx;
 use perturb::{zoo, Classifier, GradVerdict, GradientCheck};
+
+use crate::args::parse_input_shape;
+use crate::model::{CliModel, Kind};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// `perturb inspect`.
@@ -41,7 +44,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     }
     let device = Device::Cpu;
     let mut problems = Vec::new();
-    let (model, shape): (Box<dyn Classifier>, Vec<Option<usize>>) = if a.model.ends_with(".onnx") {
+    if a.model.ends_with(".onnx") {
+        // the graph as the file declares it, also when perturb cannot build it
         let s = onnx::scan(&a.model)?;
         out!(
             "model: {} (ONNX, {}, opset {})",
@@ -73,13 +77,15 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         if !s.zero_gradient.is_empty() {
             problems.push("operators without gradient");
         }
-        let model = OnnxModel::load(&a.model, &device)?;
-        let shape = model.input_shape().to_vec();
-        (Box::new(model), shape)
-    } else {
-        let arch = a.arch.as_deref().map(str::parse::<zoo::Arch>).transpose()?;
-        let model = zoo::resolve(&a.model, arch, None, &device)?;
-        let arch = model.arch();
+    }
+    let arch = a.arch.as_deref().map(str::parse::<zoo::Arch>).transpose()?;
+    let input_shape = a
+        .input_shape
+        .as_deref()
+        .map(parse_input_shape)
+        .transpose()?;
+    let model = CliModel::resolve(&a.model, arch, None, input_shape, &device)?;
+    if let Kind::Zoo(arch) = model.arch() {
         let params: usize = arch
             .params()
             .iter()
@@ -89,10 +95,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
             "model: {} (architecture {arch}, {params} parameters)",
             a.model
         );
-        let shape = arch.input_shape().iter().map(|&d| Some(d)).collect();
-        (Box::new(model), shape)
-    };
-    let [c, h, w] = input_shape(&shape, a.input_shape.as_deref())?;
+    }
+    let [c, h, w] = model.arch().input_shape();
     let mut rng = StdRng::seed_from_u64(a.seed);
     let pixels: Vec<f32> = (0..a.n * c * h * w)
         .map(|_| rng.random_range(0.0..=1.0))
@@ -124,7 +128,7 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     if !same {
         problems.push("nondeterministic forward pass");
     }
-    let verdict = GradientCheck::new().run(model.as_ref(), &x)?;
+    let verdict = GradientCheck::new().run(&model, &x)?;
     match verdict {
         GradVerdict::Passed { relative_error } => {
             out!("gradient check: passed on {} random inputs (median relative error {relative_error:.1e})", a.n)
@@ -166,15 +170,4 @@ fn dims(shape: &[Option<i64>]) -> String {
         .map(|d| d.map_or("?".into(), |v| v.to_string()))
         .collect();
     format!("[{}]", d.join(", "))
-}
-
-/// `[C, H, W]` from the model, or from `--input-shape` where the model leaves it open.
-fn input_shape(model: &[Option<usize>], flag: Option<&str>) -> Result<[usize; 3]> {
-    if let Some(spec) = flag {
-        return crate::args::parse_input_shape(spec);
-    }
-    match model {
-        [Some(c), Some(h), Some(w)] => Ok([*c, *h, *w]),
-        _ => bail!("the model leaves its input shape open; give --input-shape C,H,W"),
-    }
 }
