@@ -67,7 +67,7 @@ pub struct EpochStats {
     pub epoch: usize,
     /// Mean training loss (on adversarial inputs when training adversarially).
     pub loss: f64,
-    /// Training accuracy on the inputs the model was trained on.
+    /// Training accuracy on the inputs the model was trained on (the clean ones for TRADES).
     pub accuracy: f64,
     /// Wall time of the epoch in seconds.
     pub seconds: f64,
@@ -173,13 +173,7 @@ pub fn train(
             let scale = warmup_scale(cfg.eps_warmup_epochs, epoch, b, batches);
             // The attack sees the current weights as constants, so it takes the
             // input-gradient-only fast layers instead of the trainable ones.
-            let frozen = || -> Result<_> {
-                let frozen: HashMap<String, Tensor> = vars
-                    .iter()
-                    .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
-                    .collect();
-                arch.build(&frozen, std::path::Path::new("<training>"))
-            };
+            let frozen = || arch.build(&detached(&vars), std::path::Path::new("<training>"));
             let (loss, logits) = match objective {
                 Objective::Clean => clean_loss(&model, &x, &y)?,
                 Objective::Adversarial(make) => {
@@ -198,10 +192,7 @@ pub fn train(
             let truth = y.to_vec1::<u32>()?;
             correct += pred.iter().zip(&truth).filter(|(p, t)| p == t).count();
         }
-        let current: HashMap<String, Tensor> = vars
-            .iter()
-            .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
-            .collect();
+        let current = detached(&vars);
         on_epoch(
             &EpochStats {
                 epoch,
@@ -212,10 +203,14 @@ pub fn train(
             &current,
         );
     }
-    Ok(vars
-        .into_iter()
-        .map(|(name, v)| (name, v.as_tensor().detach()))
-        .collect())
+    Ok(detached(&vars))
+}
+
+/// The current values of the named variables, as constants.
+fn detached(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+    vars.iter()
+        .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
+        .collect()
 }
 
 /// The mean cross-entropy of `model` on `(x, y)`, and the logits it judged.
