@@ -1,10 +1,17 @@
 """Write the ONNX test fixtures of tests/fixtures/onnx/ from the shipped weights.
 
-    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch onnx safetensors
+    python -m venv /tmp/peers && /tmp/peers/bin/pip install torch onnx safetensors \
+        efficientnet-lite-pytorch==0.1.0
     /tmp/peers/bin/python scripts/export_onnx.py
 
 - mnist-cnn.onnx: models/mnist-cnn.safetensors in PyTorch's SmallCNN, exported by
   torch.onnx.export (the TorchScript exporter, opset 17, dynamic batch), as a user would.
+- efficientnet-lite0.onnx: models/efficientnet-lite0.safetensors in the PyTorch implementation it
+  came from (PyPI efficientnet-lite-pytorch 0.1.0), behind `x * 2 - 1` so that it takes [0, 1]
+  pixels as the native model does; torch.onnx.export as above. Its TensorFlow "same" paddings are
+  ZeroPad2d layers, which the exporter writes as Pad nodes fed by shape arithmetic
+  (ConstantOfShape, Concat, Reshape, Slice with step -1, Transpose, Cast), and its flatten reads
+  the batch size with Shape and Gather.
 - mnist-linear-helper.onnx: models/mnist-linear.safetensors written node by node with
   onnx.helper (a second producer and another graph shape: Flatten, MatMul by the transposed
   weights, Add of the bias).
@@ -56,6 +63,29 @@ def export_cnn():
         opset_version=17, dynamo=False)
 
 
+def export_efficientnet():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    class Pixels(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x * 2.0 - 1.0)
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = load_file(os.path.join(ROOT, "models", "efficientnet-lite0.safetensors"))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), missing
+    net.eval()
+    torch.onnx.export(
+        Pixels(net), (torch.zeros(1, 3, 224, 224),), os.path.join(OUT, "efficientnet-lite0.onnx"),
+        input_names=["pixels"], output_names=["logits"],
+        dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17, dynamo=False)
+
+
 def linear_graph(name, nodes, inputs, extra_init=()):
     w = load_file(os.path.join(ROOT, "models", "mnist-linear.safetensors"))
     init = [numpy_helper.from_array(w["fc.weight"].numpy().T.copy(), "w_t"),
@@ -71,6 +101,7 @@ def linear_graph(name, nodes, inputs, extra_init=()):
 def main():
     os.makedirs(OUT, exist_ok=True)
     export_cnn()
+    export_efficientnet()
     export_ops_zoo()
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
     plain = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),

@@ -56,8 +56,32 @@ pub struct DepthwiseConv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     stride: usize,
+    padding: Padding,
     act: Act,
     fast: Option<Kernel>,
+}
+
+/// How a [`DepthwiseConv2d`] pads its input with zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// TensorFlow's "same", from each input's size ([`same_padding`]).
+    Same,
+    /// Fixed rows and columns: top, bottom, left, right (as an ONNX graph gives them).
+    Explicit([usize; 4]),
+}
+
+impl Padding {
+    /// Top, bottom, left and right padding of an `h × w` input.
+    fn of(self, h: usize, w: usize, k: usize, stride: usize) -> [usize; 4] {
+        match self {
+            Padding::Same => {
+                let (pt, pb) = same_padding(h, k, stride);
+                let (pl, pr) = same_padding(w, k, stride);
+                [pt, pb, pl, pr]
+            }
+            Padding::Explicit(p) => p,
+        }
+    }
 }
 
 impl DepthwiseConv2d {
@@ -90,6 +114,7 @@ impl DepthwiseConv2d {
                 c,
                 k: kh,
                 stride,
+                padding: Padding::Same,
                 act: Act::Linear,
             })
         } else {
@@ -99,9 +124,30 @@ impl DepthwiseConv2d {
             weight,
             bias,
             stride,
+            padding: Padding::Same,
             act: Act::Linear,
             fast,
         })
+    }
+
+    /// The same layer with another padding (the default is [`Padding::Same`]).
+    ///
+    /// ```
+    /// use candle_core::{Device, Module, Tensor};
+    /// use perturb::layers::{DepthwiseConv2d, Padding};
+    /// let w = Tensor::ones((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+    /// let x = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu)?;
+    /// // no padding: a 4×4 input gives 2×2 windows of nine ones
+    /// let valid = DepthwiseConv2d::new(w, None, 1)?.with_padding(Padding::Explicit([0; 4]));
+    /// assert_eq!(valid.forward(&x)?.flatten_all()?.to_vec1::<f32>()?, [9.0; 4]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_padding(self, padding: Padding) -> Self {
+        Self {
+            padding,
+            fast: self.fast.map(|k| Kernel { padding, ..k }),
+            ..self
+        }
     }
 
     /// The same layer followed by a fused ReLU6 (gradient 0 at 0 and 6, as PyTorch).
@@ -121,6 +167,11 @@ impl DepthwiseConv2d {
         self.fast.is_some()
     }
 
+    /// Whether an activation is fused into the layer.
+    pub(crate) fn has_act(&self) -> bool {
+        self.act != Act::Linear
+    }
+
     /// The same computation with candle ops and stock autograd, for weights being trained and
     /// for other devices: a sum over the `K²` taps of shifted (and, for stride 2, subsampled)
     /// views of the padded input times one weight per channel. candle's grouped `conv2d` would
@@ -132,8 +183,10 @@ impl DepthwiseConv2d {
         let (n, c, h, w) = x.dims4()?;
         let k = self.weight.dim(2)?;
         let s = self.stride;
-        let (pt, pb) = same_padding(h, k, s);
-        let (pl, pr) = same_padding(w, k, s);
+        let [pt, pb, pl, pr] = self.padding.of(h, w, k, s);
+        if h + pt + pb < k || w + pl + pr < k {
+            candle_core::bail!("depthwise conv2d: a {h}x{w} input is smaller than the kernel")
+        }
         let (oh, ow) = ((h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1);
         // s − 1 extra zero rows and columns at the end let every tap take s·o rows and columns
         let xp = x
@@ -186,7 +239,7 @@ impl Module for DepthwiseConv2d {
     }
 }
 
-/// The CPU kernel, for any input size (the padding follows from it: TensorFlow's "same").
+/// The CPU kernel, for any input size.
 #[derive(Debug, Clone)]
 pub(super) struct Kernel {
     /// Filters `[C, K, K]`.
@@ -195,6 +248,7 @@ pub(super) struct Kernel {
     c: usize,
     k: usize,
     stride: usize,
+    padding: Padding,
     act: Act,
 }
 
@@ -206,11 +260,9 @@ impl DepthwiseConv2d {
 }
 
 impl Kernel {
-    /// Zero padding of an `h × w` input (TensorFlow's "same"): top, bottom, left, right.
+    /// Zero padding of an `h × w` input: top, bottom, left, right.
     fn pad(&self, h: usize, w: usize) -> [usize; 4] {
-        let (pt, pb) = same_padding(h, self.k, self.stride);
-        let (pl, pr) = same_padding(w, self.k, self.stride);
-        [pt, pb, pl, pr]
+        self.padding.of(h, w, self.k, self.stride)
     }
 
     /// The layer on a contiguous batch `x` of `shape`, on host slices.
@@ -624,6 +676,60 @@ mod tests {
             );
             assert_eq!(portable, want, "n = {n}");
         }
+    }
+
+    /// Explicit, uneven padding: the fast kernel, the stock composition and candle's grouped
+    /// `conv2d` of the pre-padded input give the same outputs and input gradients (to 1e-5).
+    #[test]
+    fn explicit_padding_matches_a_padded_grouped_conv() -> candle_core::Result<()> {
+        use super::{DepthwiseConv2d, Padding};
+        use candle_core::{Device, Module, Tensor, Var};
+        let dev = Device::Cpu;
+        let (c, k) = (3, 3);
+        let w = Tensor::arange(0f32, (c * k * k) as f32, &dev)?
+            .affine(0.37, -1.1)?
+            .sin()?
+            .reshape((c, 1, k, k))?;
+        let b = Tensor::new(&[0.1f32, -0.2, 0.3], &dev)?;
+        // sizes whose padded windows tile exactly: candle's conv2d backward (the reference)
+        // returns a gradient of the wrong size otherwise
+        for (stride, pads, (h, wd)) in [
+            (2, [0, 1, 0, 1], (8usize, 8usize)),
+            (1, [2, 0, 1, 3], (7, 8)),
+            (2, [1, 2, 0, 0], (6, 9)),
+        ] {
+            let x = Var::from_tensor(
+                &Tensor::arange(0f32, (2 * c * h * wd) as f32, &dev)?
+                    .affine(0.11, 0.0)?
+                    .cos()?
+                    .reshape((2, c, h, wd))?,
+            )?;
+            let layer = DepthwiseConv2d::new(w.clone(), Some(b.clone()), stride)?
+                .with_padding(Padding::Explicit(pads));
+            let [t, bo, l, r] = pads;
+            let padded = x.pad_with_zeros(2, t, bo)?.pad_with_zeros(3, l, r)?;
+            let reference = padded
+                .conv2d(&w, 0, stride, 1, c)?
+                .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+            let outs = [layer.forward(&x)?, layer.forward_stock(&x)?];
+            let probe = reference.affine(0.5, 0.25)?.sin()?.detach();
+            let grad_of = |y: &Tensor| -> candle_core::Result<Tensor> {
+                let g = (y * &probe)?.sum_all()?.backward()?;
+                Ok(g.get(x.as_tensor()).expect("gradient").clone())
+            };
+            let want = grad_of(&reference)?;
+            for y in &outs {
+                assert_eq!(y.dims(), reference.dims(), "pads {pads:?}");
+                let err = (y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(err < 1e-5, "pads {pads:?}: outputs differ by {err}");
+                let gerr = (grad_of(y)? - &want)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(gerr < 1e-5, "pads {pads:?}: gradients differ by {gerr}");
+            }
+        }
+        Ok(())
     }
 
     #[test]

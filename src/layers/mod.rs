@@ -15,7 +15,7 @@ mod matmul;
 mod max_pool_cpu;
 mod weight_grad;
 
-pub use depthwise_cpu::{same_padding, DepthwiseConv2d};
+pub use depthwise_cpu::{same_padding, DepthwiseConv2d, Padding};
 
 use candle_core::{DType, Module, Tensor};
 
@@ -240,6 +240,11 @@ impl Conv2d {
         self.with_act(Act::Relu6)
     }
 
+    /// Whether an activation is fused into the layer.
+    pub(crate) fn has_act(&self) -> bool {
+        self.act != Act::Linear
+    }
+
     fn with_act(self, act: Act) -> Self {
         Self {
             fast: self.fast.map(|f| f.with_act(act)),
@@ -412,6 +417,11 @@ impl Linear {
     /// Whether the fast constant-weight path is in use (on CPU `f32` inputs).
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// Whether an activation is fused into the layer.
+    pub(crate) fn has_act(&self) -> bool {
+        self.act != Act::Linear
     }
 
     /// The same layer for training: with [`Var`](candle_core::Var) weights and a bias, `f32` on

@@ -35,18 +35,23 @@ use crate::error::{Error, Result};
 use crate::layers::{forward_chain, ChainLayer};
 use ops::{Op, Step};
 
-/// The operators [`OnnxModel`] evaluates.
-pub const SUPPORTED_OPS: [&str; 26] = [
+/// The operators [`OnnxModel`] evaluates. Those of integer shape arithmetic (`Shape`, `Gather`,
+/// `Slice`, `Cast`, `ConstantOfShape`, `Unsqueeze`, …) are evaluated once at load where their
+/// inputs are constants, as exporters write them for paddings.
+pub const SUPPORTED_OPS: [&str; 34] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
+    "Cast",
     "Clip",
     "Concat",
     "Constant",
+    "ConstantOfShape",
     "Conv",
     "Div",
     "Dropout",
     "Flatten",
+    "Gather",
     "Gemm",
     "GlobalAveragePool",
     "HardSwish",
@@ -59,10 +64,15 @@ pub const SUPPORTED_OPS: [&str; 26] = [
     "ReduceMean",
     "Relu",
     "Reshape",
+    "Shape",
     "Sigmoid",
+    "Slice",
     "Softmax",
+    "Squeeze",
     "Sub",
+    "Sum",
     "Transpose",
+    "Unsqueeze",
 ];
 
 /// Operators through which no gradient flows (comparisons, rounding, arg-max, integer casts): a
@@ -152,12 +162,25 @@ fn summarize(model: &proto::Model) -> GraphSummary {
     };
     let mut op_counts = BTreeMap::new();
     let (mut unsupported, mut zero_gradient) = (Vec::new(), Vec::new());
+    // values computed from the input's values (a `Shape` reads only its sizes): a
+    // gradient-free operator matters there, not in the shape arithmetic beside it
+    let mut from_input: HashSet<&str> = graph
+        .input
+        .iter()
+        .filter(|i| !weights.contains(i.name.as_str()))
+        .map(|i| i.name.as_str())
+        .collect();
     for n in &graph.node {
         *op_counts.entry(n.op_type.clone()).or_insert(0) += 1;
         let op = n.op_type.as_str();
         if !SUPPORTED_OPS.contains(&op) && !unsupported.contains(&n.op_type) {
             unsupported.push(n.op_type.clone());
         }
+        let on_path = op != "Shape" && n.input.iter().any(|i| from_input.contains(i.as_str()));
+        if !on_path {
+            continue;
+        }
+        from_input.extend(n.output.iter().map(String::as_str));
         let to_integer = op == "Cast"
             && n.attribute
                 .iter()
@@ -295,8 +318,13 @@ impl OnnxModel {
                 ops::decode_tensor(t, device).map_err(|reason| onnx_error(file, reason))?;
             constants.insert(t.name.clone(), tensor);
         }
-        let steps = ops::build(&graph.node, &graph.initializer, &mut constants, device)
-            .map_err(|reason| onnx_error(file, reason))?;
+        let steps = ops::build(
+            &graph.node,
+            summary.opset.unwrap_or(1),
+            &mut constants,
+            device,
+        )
+        .map_err(|reason| onnx_error(file, reason))?;
         let input_shape = input
             .shape
             .iter()
@@ -354,6 +382,16 @@ impl OnnxModel {
     }
 }
 
+/// Scores `[N, K, 1, 1]` (a convolutional head, as Caffe2's SqueezeNet ends) as `[N, K]`.
+fn squeeze_scores(out: Tensor) -> candle_core::Result<Tensor> {
+    match out.dims() {
+        [n, k, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d == 1) => {
+            out.reshape((*n, *k))
+        }
+        _ => Ok(out),
+    }
+}
+
 impl crate::Classifier for OnnxModel {
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(layers) = self.chain() {
@@ -379,11 +417,12 @@ impl crate::Classifier for OnnxModel {
             let out = step.op.apply(&args)?;
             values.insert(step.output.as_str(), out);
         }
-        values.remove(self.output.as_str()).ok_or_else(|| {
+        let out = values.remove(self.output.as_str()).ok_or_else(|| {
             candle_core::Error::Msg(format!(
                 "onnx: the output {:?} is never computed",
                 self.output
             ))
-        })
+        })?;
+        squeeze_scores(out)
     }
 }
