@@ -12,6 +12,15 @@
   ZeroPad2d layers, which the exporter writes as Pad nodes fed by shape arithmetic
   (ConstantOfShape, Concat, Reshape, Slice with step -1, Transpose, Cast), and its flatten reads
   the batch size with Shape and Gather.
+- squeezenet-caffe2.onnx: a graph from another exporter, found in a PyPI package: the `onnx`
+  package's own test model onnx/backend/test/data/light/light_squeezenet.onnx (SqueezeNet 1.0,
+  written by onnx-caffe2 at opset 9: a probability output through Softmax, scores shaped
+  [1, 1000, 1, 1], Dropout with a ratio, 224x224 at a fixed batch of 1). Its "light" weights are
+  ConstantOfShape nodes filling every tensor with 0.02, which makes all 1,000 outputs 0.001; they
+  are replaced by seeded random weights (He-normal, biases 0.01) as initializers of the same
+  names, nothing else changed. squeezenet-caffe2-reference.safetensors holds the onnx package's
+  reference evaluator's scores (before the Softmax) and opset 9's probabilities from them on two
+  random inputs (no PyTorch in these figures).
 - mnist-linear-helper.onnx: models/mnist-linear.safetensors written node by node with
   onnx.helper (a second producer and another graph shape: Flatten, MatMul by the transposed
   weights, Add of the bias).
@@ -86,6 +95,70 @@ def export_efficientnet():
         opset_version=17, dynamo=False)
 
 
+def export_squeezenet():
+    from onnx.reference import ReferenceEvaluator
+    from safetensors.numpy import save_file
+
+    light = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                         "light_squeezenet.onnx")
+    model = onnx.load(light)
+    rng = np.random.default_rng(2019)
+    kept = []
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape":
+            kept.append(node)
+            continue
+        shape_name = node.input[0]
+        shape = next(numpy_helper.to_array(t) for t in model.graph.initializer
+                     if t.name == shape_name)
+        if len(shape) == 4:  # conv weights [O, C, K, K]
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+        else:
+            value = np.full(shape, 0.01)
+        model.graph.initializer.append(
+            numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+        # IR version 3: every initializer is also a graph input, as Caffe2's files list them
+        model.graph.input.append(helper.make_tensor_value_info(
+            node.output[0], TensorProto.FLOAT, [int(d) for d in shape]))
+    used = {i for n in kept for i in n.input}
+    shapes = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(shapes)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    # the shape tensors of the ConstantOfShape nodes leave the graph's inputs with them
+    names = {t.name for t in model.graph.initializer}
+    listed = [i for i in model.graph.input if i.name in names or not i.name.endswith("__SHAPE")]
+    del model.graph.input[:]
+    model.graph.input.extend(listed)
+    onnx.checker.check_model(model)
+    out = os.path.join(OUT, "squeezenet-caffe2.onnx")
+    onnx.save(model, out)
+    # The reference evaluator's Softmax gives 1.0 for every class here: it does not apply
+    # opset 9's semantics (the input flattened to [N, 1000] from axis 1), which the package's own
+    # expected output for the light model follows (0.001 for every class). So it evaluates the
+    # graph up to the scores, and the probabilities are opset 9's softmax of those in numpy.
+    scores_graph = onnx.load(out)
+    final = scores_graph.graph.node[-1]
+    assert final.op_type == "Softmax"
+    scores_graph.graph.output[0].name = final.input[0]
+    del scores_graph.graph.node[-1]
+    ref = ReferenceEvaluator(scores_graph)
+    weights = {t.name for t in model.graph.initializer}
+    data = next(i.name for i in model.graph.input if i.name not in weights)
+    inputs = {}
+    for k in range(2):
+        x = rng.random((1, 3, 224, 224), dtype=np.float32)
+        (scores,) = ref.run(None, {data: x})
+        scores = scores.reshape(1, -1).astype(np.float64)
+        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+        inputs[f"x{k}"] = x
+        inputs[f"scores{k}"] = scores.astype(np.float32)
+        inputs[f"probs{k}"] = probs.astype(np.float32)
+    save_file(inputs, os.path.join(OUT, "squeezenet-caffe2-reference.safetensors"))
+
+
 def linear_graph(name, nodes, inputs, extra_init=()):
     w = load_file(os.path.join(ROOT, "models", "mnist-linear.safetensors"))
     init = [numpy_helper.from_array(w["fc.weight"].numpy().T.copy(), "w_t"),
@@ -102,6 +175,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     export_cnn()
     export_efficientnet()
+    export_squeezenet()
     export_ops_zoo()
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
     plain = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),

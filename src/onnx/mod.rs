@@ -219,6 +219,8 @@ pub struct OnnxModel {
     file: PathBuf,
     input: String,
     output: String,
+    /// Whether the graph's final Softmax is skipped ([`ends_in_softmax`](Self::ends_in_softmax)).
+    softmax_removed: bool,
     /// `[C, H, W]` as the graph declares them (`None`: symbolic).
     input_shape: Vec<Option<usize>>,
     steps: Vec<Step>,
@@ -318,13 +320,24 @@ impl OnnxModel {
                 ops::decode_tensor(t, device).map_err(|reason| onnx_error(file, reason))?;
             constants.insert(t.name.clone(), tensor);
         }
-        let steps = ops::build(
+        let mut steps = ops::build(
             &graph.node,
             summary.opset.unwrap_or(1),
             &mut constants,
             device,
         )
         .map_err(|reason| onnx_error(file, reason))?;
+        // a classifier exported with its Softmax gives probabilities: the losses and margins of
+        // the attacks want the scores before it (the same class order, the same arg-max)
+        let mut output = output.name.clone();
+        let mut softmax_removed = false;
+        if let Some(last) = steps.last() {
+            if last.output == output && matches!(last.op, Op::Softmax { axis: 1 | -1, .. }) {
+                output = last.inputs[0].clone();
+                steps.pop();
+                softmax_removed = true;
+            }
+        }
         let input_shape = input
             .shape
             .iter()
@@ -334,7 +347,8 @@ impl OnnxModel {
         Ok(Self {
             file: file.to_path_buf(),
             input: input.name.clone(),
-            output: output.name.clone(),
+            output,
+            softmax_removed,
             input_shape,
             steps,
             constants,
@@ -345,6 +359,14 @@ impl OnnxModel {
     /// `[C, H, W]` as the graph declares them (`None` where symbolic).
     pub fn input_shape(&self) -> &[Option<usize>] {
         &self.input_shape
+    }
+
+    /// Whether the graph ends in a Softmax over the classes, which the model skips: its
+    /// [`logits`](crate::Classifier::logits) are the scores before it, as attacks' losses need
+    /// (cross-entropy of probabilities would be a softmax of a softmax, with vanishing gradients).
+    /// The predicted classes are the same.
+    pub fn ends_in_softmax(&self) -> bool {
+        self.softmax_removed
     }
 
     /// How many nodes of each operator the graph has.

@@ -36,7 +36,7 @@ fn fixtures_match_their_checksums() {
         assert_eq!(zoo::sha256_hex(&bytes), hash, "{name}");
         seen += 1;
     }
-    assert_eq!(seen, 9);
+    assert_eq!(seen, 11);
 }
 
 /// Logits to 1e-5 and input gradients to 1e-4 (relative to their largest entry) of the native
@@ -149,6 +149,45 @@ fn exported_efficientnet_matches_the_native_model() {
     }
     assert!(GradientCheck::new()
         .run(&onnx, &x.narrow(0, 0, 1).unwrap())
+        .unwrap()
+        .passed());
+}
+
+/// A graph from another exporter, shipped in a PyPI package: the `onnx` package's SqueezeNet test
+/// model, written by onnx-caffe2 at opset 9 (initializers listed as graph inputs, Dropout with a
+/// ratio, a Softmax over `[1, 1000, 1, 1]` scores with the old flattening semantics), with seeded
+/// random weights. The onnx package's reference evaluator's scores and opset 9's probabilities
+/// to 1e-5, the final Softmax skipped so that attacks read scores, the batch of 1 the graph
+/// declares no limit, and the gradient check.
+#[test]
+fn a_caffe2_squeezenet_matches_the_onnx_reference_evaluator() {
+    let dev = Device::Cpu;
+    let model = OnnxModel::load(fixture("squeezenet-caffe2.onnx"), &dev).unwrap();
+    assert!(model.ends_in_softmax());
+    assert_eq!(model.input_shape(), [Some(3), Some(224), Some(224)]);
+    let want =
+        candle_core::safetensors::load(fixture("squeezenet-caffe2-reference.safetensors"), &dev)
+            .unwrap();
+    let x = candle_core::Tensor::cat(&[&want["x0"], &want["x1"]], 0).unwrap();
+    let probs = candle_core::Tensor::cat(&[&want["probs0"], &want["probs1"]], 0).unwrap();
+    let reference = candle_core::Tensor::cat(&[&want["scores0"], &want["scores1"]], 0).unwrap();
+    let scores = model.logits(&x).unwrap();
+    assert_eq!(scores.dims(), [2, 1000]);
+    let err = max_abs(&(&scores - &reference).unwrap());
+    assert!(
+        err <= 1e-5 * max_abs(&reference),
+        "scores differ by {err} of {}",
+        max_abs(&reference)
+    );
+    let ours = candle_nn::ops::softmax(&scores, 1).unwrap();
+    let err = max_abs(&(&ours - &probs).unwrap());
+    assert!(
+        err <= 1e-5 * max_abs(&probs),
+        "probabilities differ by {err} of {}",
+        max_abs(&probs)
+    );
+    assert!(GradientCheck::new()
+        .run(&model, &x.narrow(0, 0, 1).unwrap())
         .unwrap()
         .passed());
 }

@@ -85,6 +85,11 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         .map(parse_input_shape)
         .transpose()?;
     let model = CliModel::resolve(&a.model, arch, None, input_shape, &device)?;
+    if let CliModel::Onnx { model, .. } = &model {
+        if model.ends_in_softmax() {
+            out!("final Softmax: skipped, so that losses read the scores before it (the same predictions)");
+        }
+    }
     if let Kind::Zoo(arch) = model.arch() {
         let params: usize = arch
             .params()
