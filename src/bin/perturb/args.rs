@@ -11,7 +11,7 @@ use perturb::eval::{Shard, ShardInfo};
 use perturb::metrics::{IntervalMethod, IntervalSpec};
 use perturb::zoo::{self, Arch};
 
-use crate::model::CliModel;
+use crate::model::{CliModel, Normalization};
 use perturb::Norm;
 use serde_json::Value;
 
@@ -92,6 +92,14 @@ pub struct Common {
     /// `C,H,W` of an ONNX model's input where its graph leaves it symbolic.
     #[arg(long, value_name = "C,H,W")]
     pub input_shape: Option<String>,
+    /// Per-channel mean that an ONNX model expects subtracted from [0, 1] pixels, when its graph
+    /// does not do it (`0.485,0.456,0.406` for torchvision's ImageNet models); with --std.
+    #[arg(long, value_name = "M,M,M", requires = "std")]
+    pub mean: Option<String>,
+    /// Per-channel std to divide by after --mean (`0.229,0.224,0.225` for torchvision's).
+    /// Attacks, ε and budgets stay in pixel space.
+    #[arg(long, value_name = "S,S,S", requires = "mean")]
+    pub std: Option<String>,
     /// Attack these image files (PNG, JPEG; repeat the flag) instead of the MNIST test set. Each
     /// image's label is the model's own prediction on it; photos are resized to the model's
     /// input (shorter side, then the central square).
@@ -349,6 +357,28 @@ pub struct GateArgs {
     pub markdown: Option<PathBuf>,
 }
 
+impl Common {
+    /// The model as reports name it: `--model`, with `--mean` and `--std` where given (they are
+    /// part of the model the attack saw).
+    fn model_name(&self) -> String {
+        match (&self.mean, &self.std) {
+            (Some(m), Some(s)) => format!("{} --mean {m} --std {s}", self.model),
+            _ => self.model.clone(),
+        }
+    }
+}
+
+/// Comma-separated numbers (`--mean`, `--std`).
+pub fn parse_floats(spec: &str) -> Result<Vec<f32>> {
+    spec.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| anyhow::anyhow!("{spec}: expected comma-separated numbers"))
+        })
+        .collect()
+}
+
 /// `C,H,W` as three positive integers.
 pub fn parse_input_shape(spec: &str) -> Result<[usize; 3]> {
     let parts: Option<Vec<usize>> = spec
@@ -599,6 +629,10 @@ impl Common {
             arch,
             self.sha256.as_deref(),
             input_shape,
+            &Normalization {
+                mean: self.mean.as_deref().map(parse_floats).transpose()?,
+                std: self.std.as_deref().map(parse_floats).transpose()?,
+            },
             &device,
         )?;
         if !self.images.is_empty() && (self.n.is_some() || self.offset.is_some()) {
@@ -697,7 +731,7 @@ impl Common {
         };
         Ok(Loaded {
             model,
-            model_name: self.model.clone(),
+            model_name: self.model_name(),
             images: images.narrow(0, offset, n)?,
             labels: labels.narrow(0, offset, n)?,
             data_name,
@@ -765,7 +799,7 @@ impl Common {
         Ok((
             Loaded {
                 model,
-                model_name: self.model.clone(),
+                model_name: self.model_name(),
                 images: Tensor::stack(&xs, 0)?,
                 labels: Tensor::new(y.as_slice(), device)?,
                 data_name: format!("{}[{offset}..{end}]", dir.display()),
@@ -817,7 +851,7 @@ impl Common {
         );
         Ok(Loaded {
             model,
-            model_name: self.model.clone(),
+            model_name: self.model_name(),
             images: images.index_select(&idx, 0)?,
             labels: Tensor::new(labels.as_slice(), device)?,
             data_name,

@@ -11,8 +11,8 @@ use clap::Args;
 use perturb::onnx;
 use perturb::{zoo, Classifier, GradVerdict, GradientCheck};
 
-use crate::args::parse_input_shape;
-use crate::model::{CliModel, Kind};
+use crate::args::{parse_floats, parse_input_shape};
+use crate::model::{CliModel, Kind, Normalization};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// `perturb inspect`.
@@ -27,6 +27,12 @@ pub struct InspectArgs {
     /// `C,H,W` of the input where an ONNX graph leaves it symbolic.
     #[arg(long, value_name = "C,H,W")]
     pub input_shape: Option<String>,
+    /// Per-channel mean subtracted from [0, 1] pixels before an ONNX graph (with --std).
+    #[arg(long, value_name = "M,M,M", requires = "std")]
+    pub mean: Option<String>,
+    /// Per-channel std to divide by after --mean.
+    #[arg(long, value_name = "S,S,S", requires = "mean")]
+    pub std: Option<String>,
     /// Random inputs for the gradient check and the determinism check.
     #[arg(long, default_value_t = 4)]
     pub n: usize,
@@ -84,7 +90,17 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         .as_deref()
         .map(parse_input_shape)
         .transpose()?;
-    let model = CliModel::resolve(&a.model, arch, None, input_shape, &device)?;
+    let model = CliModel::resolve(
+        &a.model,
+        arch,
+        None,
+        input_shape,
+        &Normalization {
+            mean: a.mean.as_deref().map(parse_floats).transpose()?,
+            std: a.std.as_deref().map(parse_floats).transpose()?,
+        },
+        &device,
+    )?;
     if let CliModel::Onnx { model, .. } = &model {
         if model.ends_in_softmax() {
             out!("final Softmax: skipped, so that losses read the scores before it (the same predictions)");

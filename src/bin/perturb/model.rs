@@ -19,7 +19,16 @@ pub enum CliModel {
         model: Arc<OnnxModel>,
         kind: Kind,
         sha256: String,
+        /// `--mean` and `--std` as `[1, C, 1, 1]` tensors: `(x − mean) / std` before the graph.
+        normalize: Option<(Tensor, Tensor)>,
     },
+}
+
+/// Per-channel `--mean` and `--std` for a graph that does not normalise its input itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Normalization {
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
 }
 
 /// What a model takes and gives: a zoo architecture, or an ONNX graph's input shape and class
@@ -36,15 +45,20 @@ pub enum Kind {
 }
 
 impl CliModel {
-    /// `--model` (and `--arch`, `--sha256`, `--input-shape`) as the commands read them.
+    /// `--model` (and `--arch`, `--sha256`, `--input-shape`, `--mean`, `--std`) as the commands
+    /// read them.
     pub fn resolve(
         model: &str,
         arch: Option<Arch>,
         sha256: Option<&str>,
         input_shape: Option<[usize; 3]>,
+        normalization: &Normalization,
         device: &Device,
     ) -> Result<Self> {
         if !model.ends_with(".onnx") {
+            if normalization.mean.is_some() || normalization.std.is_some() {
+                bail!("--mean and --std are for ONNX files; the zoo's models normalise their inputs themselves");
+            }
             let shipped = zoo::SHIPPED.iter().any(|s| s.name == model);
             if !shipped && arch.is_none() && std::path::Path::new(model).is_file() {
                 bail!(
@@ -75,6 +89,29 @@ impl CliModel {
             _ => bail!("{model} leaves its input shape open; give --input-shape C,H,W"),
         };
         let [c, h, w] = shape;
+        let normalize = match (&normalization.mean, &normalization.std) {
+            (None, None) => None,
+            (Some(mean), Some(std)) => {
+                if mean.len() != c || std.len() != c {
+                    bail!(
+                        "--mean and --std need one value per input channel ({c}), got {} and {}",
+                        mean.len(),
+                        std.len()
+                    );
+                }
+                if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                    bail!("--std {s}: every std must be positive and finite");
+                }
+                if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+                    bail!("--mean {m}: every mean must be finite");
+                }
+                Some((
+                    Tensor::from_slice(mean, (1, c, 1, 1), device)?,
+                    Tensor::from_slice(std, (1, c, 1, 1), device)?,
+                ))
+            }
+            _ => bail!("give --mean and --std together"),
+        };
         let logits = onnx.logits(&Tensor::zeros(
             (1, c, h, w),
             candle_core::DType::F32,
@@ -97,6 +134,7 @@ impl CliModel {
                 like,
             },
             sha256: hex,
+            normalize,
         })
     }
 
@@ -121,6 +159,11 @@ impl Classifier for CliModel {
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             CliModel::Zoo(m) => m.logits(x),
+            CliModel::Onnx {
+                model,
+                normalize: Some((mean, std)),
+                ..
+            } => model.logits(&x.broadcast_sub(mean)?.broadcast_div(std)?),
             CliModel::Onnx { model, .. } => model.logits(x),
         }
     }

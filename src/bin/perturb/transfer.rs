@@ -11,7 +11,7 @@ use perturb::metrics::IntervalSpec;
 use perturb::{export, zoo, Classifier};
 
 use crate::args::{parse_number, Common, Scope, Spec};
-use crate::model::CliModel;
+use crate::model::{CliModel, Normalization};
 use crate::{evaluator, outputs};
 
 #[derive(Args, Debug)]
@@ -68,7 +68,7 @@ pub fn run(t: TransferArgs) -> Result<ExitCode> {
         if !shipped && arch.is_none() {
             bail!("--targets {spec}: give weights by path as PATH:ARCH (mnist-linear, small-cnn or efficientnet-lite0), or an .onnx file");
         }
-        let model = CliModel::resolve(name, arch, None, None, &device)
+        let model = CliModel::resolve(name, arch, None, None, &Normalization::default(), &device)
             .with_context(|| format!("--targets {spec}"))?;
         if model.arch().input_shape() != input {
             bail!(
