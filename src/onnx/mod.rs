@@ -3,10 +3,12 @@
 //! The file is parsed by a hand-written protobuf decoder (`proto.rs`: no `protoc`, nothing
 //! generated at build time), its weights decoded once at load onto the model's device, and the
 //! graph evaluated with perturb's own layers: convolutions and fully connected layers take the
-//! fast kernels of [`layers`](crate::layers), a ReLU after them is fused, max-pooling routes its
-//! gradient to the maximum (candle's `max_pool2d` gradient is a quarter of the truth), and a
+//! fast kernels of [`layers`](crate::layers) with a ReLU or ReLU6 after them fused, depthwise
+//! convolutions the depthwise kernel (with the graph's padding, even or not), max-pooling routes
+//! its gradient to the maximum (candle's `max_pool2d` gradient is a quarter of the truth), and a
 //! graph that is a plain run of those layers (as `torch.onnx.export` writes a SmallCNN) runs as
-//! one op, exactly as the shipped model does. Operators outside the supported set are a typed
+//! one op, exactly as the shipped model does. The integer shape arithmetic exporters write
+//! around paddings is evaluated once at load. Operators outside the supported set are a typed
 //! error that names them all.
 //!
 //! ```
