@@ -19,6 +19,31 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `got` equals `want` to `rel` of `want`'s largest entry.
+fn assert_close(got: &candle_core::Tensor, want: &candle_core::Tensor, rel: f32, what: &str) {
+    let (err, scale) = (max_abs(&(got - want).unwrap()), max_abs(want));
+    assert!(err <= rel * scale, "{what} differ by {err} of {scale}");
+}
+
+/// The input gradient of the cross-entropy.
+fn ce_gradient(
+    model: &dyn Classifier,
+    x: &candle_core::Tensor,
+    goal: &Goal,
+) -> candle_core::Tensor {
+    loss_and_grad(model, x, goal, Loss::CrossEntropy)
+        .unwrap()
+        .grad
+}
+
+/// The gradient self-check passes on the first sample of `x`.
+fn first_sample_passes_the_gradient_check(model: &dyn Classifier, x: &candle_core::Tensor) {
+    let verdict = GradientCheck::new()
+        .run(model, &x.narrow(0, 0, 1).unwrap())
+        .unwrap();
+    assert!(verdict.passed(), "{verdict:?}");
+}
+
 /// The binary's exit code and its stdout and stderr together.
 fn exit_and_output(args: &[&str]) -> (Option<i32>, String) {
     let out = perturb(args);
@@ -58,12 +83,10 @@ fn exported_models_match_the_native_models() {
             err <= 1e-5 * max_abs(&b).max(1.0),
             "{file}: logits differ by {err}"
         );
-        let ga = loss_and_grad(&onnx, &x, &goal, Loss::CrossEntropy)
-            .unwrap()
-            .grad;
-        let gb = loss_and_grad(&native, &x, &goal, Loss::CrossEntropy)
-            .unwrap()
-            .grad;
+        let (ga, gb) = (
+            ce_gradient(&onnx, &x, &goal),
+            ce_gradient(&native, &x, &goal),
+        );
         let (err, scale) = (max_abs(&(&ga - &gb).unwrap()), max_abs(&gb));
         assert!(
             scale > 0.0 && err <= 1e-4 * scale,
@@ -121,12 +144,10 @@ fn exported_efficientnet_matches_the_native_model() {
     assert!(err <= 1e-4 * max_abs(&b).max(1.0), "logits differ by {err}");
     let labels: Vec<u32> = photos.iter().map(|p| p.1).collect();
     let goal = Goal::untargeted(&candle_core::Tensor::new(labels.as_slice(), &dev).unwrap());
-    let ga = loss_and_grad(&onnx, &x, &goal, Loss::CrossEntropy)
-        .unwrap()
-        .grad;
-    let gb = loss_and_grad(&native, &x, &goal, Loss::CrossEntropy)
-        .unwrap()
-        .grad;
+    let (ga, gb) = (
+        ce_gradient(&onnx, &x, &goal),
+        ce_gradient(&native, &x, &goal),
+    );
     let norm = |t: &candle_core::Tensor| {
         let sq = t.sqr().unwrap().sum_all().unwrap();
         sq.to_scalar::<f32>().unwrap().sqrt()
@@ -147,10 +168,7 @@ fn exported_efficientnet_matches_the_native_model() {
             ),
         }
     }
-    assert!(GradientCheck::new()
-        .run(&onnx, &x.narrow(0, 0, 1).unwrap())
-        .unwrap()
-        .passed());
+    first_sample_passes_the_gradient_check(&onnx, &x);
 }
 
 /// A graph from another exporter, shipped in a PyPI package: the `onnx` package's SqueezeNet test
@@ -173,23 +191,10 @@ fn a_caffe2_squeezenet_matches_the_onnx_reference_evaluator() {
     let reference = candle_core::Tensor::cat(&[&want["scores0"], &want["scores1"]], 0).unwrap();
     let scores = model.logits(&x).unwrap();
     assert_eq!(scores.dims(), [2, 1000]);
-    let err = max_abs(&(&scores - &reference).unwrap());
-    assert!(
-        err <= 1e-5 * max_abs(&reference),
-        "scores differ by {err} of {}",
-        max_abs(&reference)
-    );
+    assert_close(&scores, &reference, 1e-5, "scores");
     let ours = candle_nn::ops::softmax(&scores, 1).unwrap();
-    let err = max_abs(&(&ours - &probs).unwrap());
-    assert!(
-        err <= 1e-5 * max_abs(&probs),
-        "probabilities differ by {err} of {}",
-        max_abs(&probs)
-    );
-    assert!(GradientCheck::new()
-        .run(&model, &x.narrow(0, 0, 1).unwrap())
-        .unwrap()
-        .passed());
+    assert_close(&ours, &probs, 1e-5, "probabilities");
+    first_sample_passes_the_gradient_check(&model, &x);
 }
 
 /// A random CNN with the operators beyond SmallCNN's (strided, padded and grouped convolutions,

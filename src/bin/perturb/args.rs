@@ -629,10 +629,7 @@ impl Common {
             arch,
             self.sha256.as_deref(),
             input_shape,
-            &Normalization {
-                mean: self.mean.as_deref().map(parse_floats).transpose()?,
-                std: self.std.as_deref().map(parse_floats).transpose()?,
-            },
+            &Normalization::parse(self.mean.as_deref(), self.std.as_deref())?,
             &device,
         )?;
         if !self.images.is_empty() && (self.n.is_some() || self.offset.is_some()) {

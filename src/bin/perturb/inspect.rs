@@ -11,7 +11,7 @@ use clap::Args;
 use perturb::onnx;
 use perturb::{zoo, Classifier, GradVerdict, GradientCheck};
 
-use crate::args::{parse_floats, parse_input_shape};
+use crate::args::parse_input_shape;
 use crate::model::{CliModel, Kind, Normalization};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -95,10 +95,7 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         arch,
         None,
         input_shape,
-        &Normalization {
-            mean: a.mean.as_deref().map(parse_floats).transpose()?,
-            std: a.std.as_deref().map(parse_floats).transpose()?,
-        },
+        &Normalization::parse(a.mean.as_deref(), a.std.as_deref())?,
         &device,
     )?;
     if let CliModel::Onnx { model, .. } = &model {

@@ -31,6 +31,16 @@ pub struct Normalization {
     pub std: Option<Vec<f32>>,
 }
 
+impl Normalization {
+    /// `--mean` and `--std` as given (comma-separated numbers).
+    pub fn parse(mean: Option<&str>, std: Option<&str>) -> Result<Self> {
+        Ok(Self {
+            mean: mean.map(crate::args::parse_floats).transpose()?,
+            std: std.map(crate::args::parse_floats).transpose()?,
+        })
+    }
+}
+
 /// What a model takes and gives: a zoo architecture, or an ONNX graph's input shape and class
 /// count (read at load by one forward pass), named like the zoo architecture of the same shapes
 /// where there is one (MNIST digits, ImageNet classes).
