@@ -131,6 +131,12 @@ pub(super) fn type_name(t: i32) -> &'static str {
 
 type Built<T> = std::result::Result<T, String>;
 
+/// The largest padding a graph may ask for (a corrupted file would otherwise allocate at will).
+const MAX_PAD: usize = 1 << 12;
+
+/// The most elements a tensor computed at load or from shape arithmetic may have (1 GiB of f32).
+const MAX_ELEMENTS: usize = 1 << 28;
+
 /// A constant tensor: `f32` from float data, `i64` from `int64` and `int32` data.
 pub(super) fn decode_tensor(t: &TensorData, device: &Device) -> Built<Tensor> {
     if t.external {
@@ -417,14 +423,17 @@ fn node_op(
                         && uses.get(source.as_str()) == Some(&1)
                     {
                         pads = [
-                            pads[0] + pp[2],
-                            pads[1] + pp[6],
-                            pads[2] + pp[3],
-                            pads[3] + pp[7],
+                            pads[0].saturating_add(pp[2]),
+                            pads[1].saturating_add(pp[6]),
+                            pads[2].saturating_add(pp[3]),
+                            pads[3].saturating_add(pp[7]),
                         ];
                         source = steps.remove(at).inputs[0].clone();
                     }
                 }
+            }
+            if pads.iter().any(|&p| p > MAX_PAD) {
+                return Err(fail(&format!("pads {pads:?} are implausibly large")));
             }
             if group > 1 && cg == 1 && o == group && kh == kw && dilation == 1 {
                 let conv = DepthwiseConv2d::new(w, b, stride)
@@ -561,7 +570,10 @@ fn node_op(
                     usize::try_from(p)
                         .map_err(|_| fail("negative pads (cropping) are not supported"))
                 })
-                .collect::<Built<_>>()?;
+                .collect::<Built<Vec<usize>>>()?;
+            if pads.iter().any(|&p| p > MAX_PAD) {
+                return Err(fail(&format!("pads {pads:?} are implausibly large")));
+            }
             unary(Op::Pad(pads))
         }
         "Flatten" => {
@@ -849,6 +861,13 @@ impl Op {
                     .map_err(|_| {
                         candle_core::Error::Msg("ConstantOfShape: negative size".into())
                     })?;
+                if shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .is_none_or(|n| n > MAX_ELEMENTS)
+                {
+                    candle_core::bail!("ConstantOfShape: {shape:?} is implausibly large")
+                }
                 value
                     .to_device(x.device())?
                     .flatten_all()?

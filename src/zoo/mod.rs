@@ -354,6 +354,11 @@ pub const SHIPPED: &[Shipped] = &[
         file: "mnist-cnn-fgsm-rs.safetensors",
     },
     Shipped {
+        name: "mnist-cnn-trades",
+        arch: Arch::SmallCnn,
+        file: "mnist-cnn-trades.safetensors",
+    },
+    Shipped {
         name: "efficientnet-lite0",
         arch: Arch::EfficientNetLite0,
         file: "efficientnet-lite0.safetensors",
@@ -392,7 +397,8 @@ pub const RENAMED: [(&str, &str, &str); 1] = [(
     "mnist-cnn-robust",
     "mnist-cnn-fgsm-rs",
     "single-step (FGSM-RS) training masks its gradients: 85.3 % against PGD-40 but 54.8 % \
-     against the standard suite on the first 1,000 digits; see models/mnist-cnn-fgsm-rs.md",
+     against the standard suite on the first 1,000 digits; see models/mnist-cnn-fgsm-rs.md. \
+     The robust reference is now mnist-cnn-trades",
 )];
 
 /// The error for a name the zoo does not ship: [`Error::RenamedModel`] for a former name,

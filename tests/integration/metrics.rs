@@ -173,7 +173,8 @@ mod curves {
                 assert!(acc.windows(2).all(|w| w[1] <= w[0]), "{name}: {acc:?}");
             }
             assert!(acc[0] >= 54, "{name}: {acc:?}");
-            if name == "mnist-cnn-fgsm-rs" {
+            // the adversarially trained models keep most digits at 0.3, the others almost none
+            if ["mnist-cnn-fgsm-rs", "mnist-cnn-trades"].contains(&name) {
                 assert!(acc[4] >= 40, "{name} keeps most digits at 0.3: {acc:?}");
             } else {
                 assert!(acc[4] <= 3, "{name}: {acc:?}");
