@@ -161,14 +161,17 @@ pub(super) fn decode_tensor(t: &TensorData, device: &Device) -> Built<Tensor> {
         6 => Some(t.int32_data.clone()),
         _ => None,
     };
-    if let Some(ints) = ints {
-        if ints.len() != count {
-            return Err(format!(
-                "tensor {:?} holds {} values for shape {dims:?}",
-                t.name,
-                ints.len()
-            ));
+    let holds = |len: usize| -> Built<()> {
+        match len == count {
+            true => Ok(()),
+            false => Err(format!(
+                "tensor {:?} holds {len} values for shape {dims:?}",
+                t.name
+            )),
         }
+    };
+    if let Some(ints) = ints {
+        holds(ints.len())?;
         return Tensor::from_vec(ints, dims, device).map_err(|e| e.to_string());
     }
     let values: Vec<f32> = match t.data_type {
@@ -194,13 +197,7 @@ pub(super) fn decode_tensor(t: &TensorData, device: &Device) -> Built<Tensor> {
             ))
         }
     };
-    if values.len() != count {
-        return Err(format!(
-            "tensor {:?} holds {} values for shape {dims:?}",
-            t.name,
-            values.len()
-        ));
-    }
+    holds(values.len())?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!(
             "tensor {:?} holds a non-finite value ({}) at flat index {i}",

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use perturb::eval::MemoryPlan;
 use perturb::onnx::OnnxModel;
 use perturb::zoo::{self, Arch, ZooModel};
-use perturb::Classifier;
+use perturb::{Classifier, Normalized};
 
 /// A loaded model.
 #[derive(Clone)]
@@ -19,10 +19,13 @@ pub enum CliModel {
         model: Arc<OnnxModel>,
         kind: Kind,
         sha256: String,
-        /// `--mean` and `--std` as `[1, C, 1, 1]` tensors: `(x − mean) / std` before the graph.
-        normalize: Option<(Tensor, Tensor)>,
+        /// `--mean` and `--std`: `(x − mean) / std` before the graph.
+        normalize: Option<Normalized<Identity>>,
     },
 }
+
+/// The identity, as the classifier inside a bare [`Normalized`]: the normalisation alone.
+type Identity = fn(&Tensor) -> candle_core::Result<Tensor>;
 
 /// Per-channel `--mean` and `--std` for a graph that does not normalise its input itself.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -109,16 +112,8 @@ impl CliModel {
                         std.len()
                     );
                 }
-                if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-                    bail!("--std {s}: every std must be positive and finite");
-                }
-                if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
-                    bail!("--mean {m}: every mean must be finite");
-                }
-                Some((
-                    Tensor::from_slice(mean, (1, c, 1, 1), device)?,
-                    Tensor::from_slice(std, (1, c, 1, 1), device)?,
-                ))
+                let identity: Identity = |x| Ok(x.clone());
+                Some(Normalized::new(identity, mean, std, device)?)
             }
             _ => bail!("give --mean and --std together"),
         };
@@ -171,9 +166,9 @@ impl Classifier for CliModel {
             CliModel::Zoo(m) => m.logits(x),
             CliModel::Onnx {
                 model,
-                normalize: Some((mean, std)),
+                normalize: Some(normalize),
                 ..
-            } => model.logits(&x.broadcast_sub(mean)?.broadcast_div(std)?),
+            } => model.logits(&normalize.logits(x)?),
             CliModel::Onnx { model, .. } => model.logits(x),
         }
     }
